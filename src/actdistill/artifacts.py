@@ -1,0 +1,129 @@
+"""Files between stages: atomic writes, headers, fingerprints (STYLE.md item 5).
+
+Every artifact folder holds a `header.json` naming what produced it, the hash
+of the config that produced it and the fingerprints of its inputs. A stage
+reads the header of its input and stops with one sentence if it does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from actdistill import __version__
+from actdistill.constants import HEADER_FILE
+
+
+class ArtifactError(RuntimeError):
+    """An input artifact is missing, corrupt or does not match what a stage needs."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, then rename: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: Path, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{what} not found at {path}; run the stage that writes it first.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{what} at {path} is not valid JSON ({err}); delete it and rerun the stage that writes it.") from err
+
+
+def atomic_save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{what} not found at {path}; run the stage that writes it first.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ArtifactError(f"{what} at {path} is corrupt or truncated ({err}); delete it and rerun the stage that writes it.") from err
+
+
+def hash_json(obj: Any) -> str:
+    """Stable short hash of a JSON-able object (configs)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def hash_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Fingerprint of a state dict: names, shapes, dtypes and exact bytes."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def hash_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def make_header(stage: str, config: Mapping[str, Any], inputs: Mapping[str, str], **extra: Any) -> dict[str, Any]:
+    return {
+        "producer": f"actdistill {__version__}",
+        "stage": stage,
+        "config_hash": hash_json(dict(config)),
+        "inputs": dict(inputs),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **extra,
+    }
+
+
+def write_header(folder: Path, header: Mapping[str, Any]) -> None:
+    atomic_write_json(Path(folder) / HEADER_FILE, dict(header))
+
+
+def read_header(folder: Path, stage: str) -> dict[str, Any]:
+    header = read_json(Path(folder) / HEADER_FILE, f"the {stage} header")
+    if header.get("stage") != stage:
+        raise ArtifactError(f"{folder} holds a '{header.get('stage')}' artifact, not a '{stage}' one; point to the output folder of `actdistill {stage}`.")
+    return header

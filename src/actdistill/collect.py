@@ -1,0 +1,113 @@
+"""`actdistill collect`: scripted Meta-World experts write demonstrations (DESIGN.md pipeline stage 1).
+
+Each task's expert runs on seeded random placements; only successful
+episodes are kept, and every placement seed tried is recorded so that
+evaluation draws from a disjoint range.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from actdistill.artifacts import atomic_write_json, make_header, write_header
+from actdistill.config import CollectConfig
+from actdistill.constants import CONFIG_FILE, DATASET_FILE
+from actdistill.data.hdf5 import Demo, DemoWriter
+
+_WORKER_ENVS: dict = {}  # per worker process: one environment per task, built on first use
+
+
+def rollout_expert(task: str, seed: int, camera: str, image_size: int, max_steps: int) -> Demo | None:
+    """One expert episode on placement `seed`; None if the expert fails within `max_steps`."""
+    from actdistill.sim.metaworld_env import MT10Env
+
+    key = (task, camera, image_size, max_steps)
+    if key not in _WORKER_ENVS:
+        _WORKER_ENVS[key] = MT10Env(task, camera=camera, image_size=image_size, max_steps=max_steps)
+    env = _WORKER_ENVS[key]
+    obs = env.reset(seed)
+    images, states, actions = [], [], []
+    for _ in range(max_steps):
+        action = env.expert_action()
+        images.append(obs.image)
+        states.append(obs.state)
+        actions.append(action)
+        obs, success = env.step(action)
+        if success:
+            return Demo(task=task, instruction=env.instruction, placement_seed=seed,
+                        images=np.stack(images), states=np.stack(states), actions=np.stack(actions))
+    return None
+
+
+def _job(args: tuple) -> tuple[str, int, Demo | None]:
+    task, seed, camera, image_size, max_steps = args
+    return task, seed, rollout_expert(task, seed, camera, image_size, max_steps)
+
+
+def collect(cfg: CollectConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Collect `cfg.demos_per_task` successful demos per task into `out_dir/demos.hdf5`."""
+    from actdistill.sim.metaworld_env import placement_seeds
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    n = cfg.demos_per_task
+    kept: dict[str, dict[int, Demo]] = {t: {} for t in cfg.sim.tasks}
+    failed: dict[str, list[int]] = {t: [] for t in cfg.sim.tasks}
+    next_index = {t: 0 for t in cfg.sim.tasks}
+    all_seeds = {t: placement_seeds("demo", cfg.seed, 100_000) for t in cfg.sim.tasks}
+    bar = tqdm(total=n * len(cfg.sim.tasks), desc="collect", unit="demo", disable=not progress)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(cfg.workers) as pool:
+        while True:
+            jobs = []
+            for t in cfg.sim.tasks:
+                missing = n - len(kept[t])
+                if missing <= 0:
+                    continue
+                extra = missing + max(1, missing // 10)  # a few spares: experts fail ~1% of the time
+                for _ in range(extra):
+                    jobs.append((t, all_seeds[t][next_index[t]], cfg.sim.camera, cfg.sim.image_size, cfg.max_steps))
+                    next_index[t] += 1
+                    if next_index[t] > 20 * n + 100:
+                        raise RuntimeError(f"The {t} expert keeps failing (only {len(kept[t])} of {n} demos); raise collect.max_steps.")
+            if not jobs:
+                break
+            for task, seed, demo in pool.imap_unordered(_job, jobs):
+                if demo is None:
+                    failed[task].append(seed)
+                elif len(kept[task]) < n:
+                    kept[task][seed] = demo
+                    bar.update(1)
+                    bar.set_postfix(task=task.replace("-v3", ""), steps=len(demo.actions))
+            # Keep exactly the first n successful seeds of each task, so the result does not depend on worker timing.
+            for t in cfg.sim.tasks:
+                if len(kept[t]) >= n:
+                    kept[t] = dict(sorted(kept[t].items())[:n])
+    bar.close()
+
+    header = make_header("collect", cfg.to_dict(), inputs={})
+    env_args = {"benchmark": "metaworld-MT10", "camera": cfg.sim.camera, "image_size": cfg.sim.image_size,
+                "tasks": list(cfg.sim.tasks)}
+    writer = DemoWriter(out_dir / DATASET_FILE, header=header, env_args=env_args)
+    try:
+        for t in cfg.sim.tasks:
+            for seed in sorted(kept[t]):
+                writer.add(kept[t][seed])
+    except BaseException:
+        writer.abort()
+        raise
+    used = {t: sorted(kept[t]) for t in cfg.sim.tasks}
+    writer.close(extra_attrs={"placement_seeds": used, "failed_seeds": failed})
+    atomic_write_json(out_dir / CONFIG_FILE, cfg.to_dict())
+    frames = {t: int(sum(len(d.actions) for d in kept[t].values())) for t in cfg.sim.tasks}
+    summary = {"dataset": str(out_dir / DATASET_FILE), "demos": n * len(cfg.sim.tasks), "frames": sum(frames.values()),
+               "frames_per_task": frames, "expert_failures": {t: len(v) for t, v in failed.items()},
+               "seconds": round(time.time() - t0, 1)}
+    write_header(out_dir, {**header, "summary": summary})
+    return summary

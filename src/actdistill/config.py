@@ -1,0 +1,264 @@
+"""Typed configs for every stage (STYLE.md item 3).
+
+Each config is a dataclass validated in `__post_init__`; defaults run on a
+laptop CPU. Configs are saved next to every artifact (`config.json`) and
+reloaded with `from_dict`, which refuses unknown or ill-typed fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+MT10_TASKS: tuple[str, ...] = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+)
+CAMERAS: tuple[str, ...] = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the field."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        _check(v > 0, f"{type(obj).__name__}.{n} must be > 0, got {v!r}.")
+
+
+class _Base:
+    """to_dict / from_dict with strict field and type checks."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__} must be given as a JSON object, got {type(data).__name__}.")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{cls.__name__} has no field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(names))}.")
+        kwargs = {k: _coerce(hints[k], v, f"{cls.__name__}.{k}") for k, v in data.items()}
+        return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Convert a JSON value to the annotated type, or raise ConfigError naming the field."""
+    origin = typing.get_origin(tp)
+    if isinstance(tp, type) and issubclass(tp, _Base):
+        return tp.from_dict(value)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}.")
+        (inner, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(inner, v, where) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}.")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}.")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}.")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}.")
+        return value
+    return value
+
+
+@dataclass
+class SimConfig(_Base):
+    """The Meta-World MT10 benchmark as the policy sees it."""
+
+    tasks: tuple[str, ...] = MT10_TASKS
+    camera: str = "corner2"
+    image_size: int = 64
+
+    def __post_init__(self) -> None:
+        self.tasks = tuple(self.tasks)
+        _check(len(self.tasks) > 0, "SimConfig.tasks must name at least one task.")
+        for t in self.tasks:
+            _check(t in MT10_TASKS, f"Unknown task '{t}' in SimConfig.tasks; choose from {', '.join(MT10_TASKS)}.")
+        _check(len(set(self.tasks)) == len(self.tasks), "SimConfig.tasks lists a task twice.")
+        _check(self.camera in CAMERAS, f"Unknown camera '{self.camera}'; choose from {', '.join(CAMERAS)}.")
+        _check(16 <= self.image_size <= 256, f"SimConfig.image_size must be in [16, 256], got {self.image_size}.")
+
+
+@dataclass
+class CollectConfig(_Base):
+    """`actdistill collect`: scripted-expert demonstrations."""
+
+    sim: SimConfig = field(default_factory=SimConfig)
+    demos_per_task: int = 50
+    max_steps: int = 300  # expert episode cap; failed episodes are discarded
+    seed: int = 0  # placement seeds are seed*100_000 + i (evaluation uses a disjoint range)
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        _positive(self, "demos_per_task", "max_steps", "workers")
+        _check(0 <= self.seed < 1000, f"CollectConfig.seed must be in [0, 1000), got {self.seed}.")
+
+
+@dataclass
+class ModelConfig(_Base):
+    """The reference VLA: image patches + instruction + state + action queries -> Llama decoder -> action chunk."""
+
+    image_size: int = 64
+    hidden_size: int = 128
+    num_layers: int = 12
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    intermediate_size: int = 384
+    patch_size: int = 16  # the CNN stem downsamples by this factor: (image_size/patch)^2 vision tokens
+    lang_dim: int = 384  # all-MiniLM-L6-v2 sentence embedding
+    num_lang_tokens: int = 2
+    chunk_size: int = 8  # future actions predicted per query
+    num_query_tokens: int = 1  # learnable action-query tokens; the head reads them all
+    n_action_steps: int = 1  # receding horizon: actions executed before replanning
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        _positive(self, "image_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                  "patch_size", "lang_dim", "num_lang_tokens", "chunk_size", "num_query_tokens", "n_action_steps")
+        _check(self.patch_size in (4, 8, 16), f"ModelConfig.patch_size must be 4, 8 or 16, got {self.patch_size}.")
+        _check(self.image_size % self.patch_size == 0,
+               f"ModelConfig.image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size}).")
+        _check(self.hidden_size % self.num_heads == 0, "ModelConfig.hidden_size must be divisible by num_heads.")
+        _check(self.num_heads % self.num_kv_heads == 0, "ModelConfig.num_heads must be divisible by num_kv_heads.")
+        _check(self.n_action_steps <= self.chunk_size, "ModelConfig.n_action_steps must be <= chunk_size.")
+        _check(self.attn_implementation in ("sdpa", "eager"), "ModelConfig.attn_implementation must be 'sdpa' or 'eager'.")
+
+    # Token layout: [language | state | vision | action queries]; spans are (start, end).
+    @property
+    def num_vision_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def spans(self) -> dict[str, tuple[int, int]]:
+        lang = (0, self.num_lang_tokens)
+        state = (lang[1], lang[1] + 1)
+        vision = (state[1], state[1] + self.num_vision_tokens)
+        queries = (vision[1], vision[1] + self.num_query_tokens)
+        return {"language": lang, "state": state, "vision": vision, "queries": queries}
+
+    @property
+    def seq_len(self) -> int:
+        return self.spans["queries"][1]
+
+
+@dataclass
+class TrainConfig(_Base):
+    """Optimisation settings shared by the training stages."""
+
+    steps: int = 12000
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 300
+    grad_clip: float = 1.0
+    shift_augment: int = 4  # random-shift augmentation in pixels (pad + crop)
+    checkpoint_every: int = 1000
+    seed: int = 0
+    num_threads: int = 0  # 0: torch default
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "batch_size", "lr", "checkpoint_every", "grad_clip")
+        _check(self.weight_decay >= 0, "TrainConfig.weight_decay must be >= 0.")
+        _check(self.warmup_steps >= 0, "TrainConfig.warmup_steps must be >= 0.")
+        _check(self.shift_augment >= 0, "TrainConfig.shift_augment must be >= 0.")
+        _check(self.num_threads >= 0, "TrainConfig.num_threads must be >= 0.")
+
+
+@dataclass
+class TeacherConfig(_Base):
+    """`actdistill train-teacher`."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class EvalConfig(_Base):
+    """`actdistill evaluate`: closed loop on held-out placements."""
+
+    episodes_per_task: int = 20
+    max_steps: int = 300
+    seed: int = 0  # held-out placement seeds are 10_000_000 + seed*100_000 + i
+    workers: int = 2
+    gifs_per_task: int = 0
+    batch_envs: int = 10  # environments stepped in lock-step, one batched policy call per step
+
+    def __post_init__(self) -> None:
+        _positive(self, "episodes_per_task", "max_steps", "workers", "batch_envs")
+        _check(self.gifs_per_task >= 0, "EvalConfig.gifs_per_task must be >= 0.")
+        _check(0 <= self.seed < 1000, f"EvalConfig.seed must be in [0, 1000), got {self.seed}.")
+
+
+@dataclass
+class RunConfig(_Base):
+    """`actdistill run`: the whole pipeline on the built-in MT10 setting."""
+
+    out: str = "runs/default"
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.teacher.model.image_size == self.collect.sim.image_size,
+               "RunConfig: teacher.model.image_size must equal collect.sim.image_size.")
+
+    @classmethod
+    def quick(cls, out: str = "runs/quick") -> "RunConfig":
+        """A first look in about ten minutes: fewer demos, a shorter training, fewer episodes."""
+        return cls(
+            out=out,
+            collect=CollectConfig(demos_per_task=10),
+            teacher=TeacherConfig(train=TrainConfig(steps=1500, checkpoint_every=500)),
+            eval=EvalConfig(episodes_per_task=5, max_steps=200),
+        )
+
+
+def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
+    """Return a copy of `cfg` with dotted-path overrides applied and re-validated."""
+    data = cfg.to_dict()
+    for path, value in overrides.items():
+        node = data
+        parts = path.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node, dict) or p not in node:
+                raise ConfigError(f"Unknown config field '{path}'.")
+            node = node[p]
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise ConfigError(f"Unknown config field '{path}'.")
+        node[parts[-1]] = value
+    return type(cfg).from_dict(data)

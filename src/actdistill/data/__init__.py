@@ -1,0 +1,1 @@
+"""Demonstration datasets in the robomimic / LIBERO HDF5 layout."""

@@ -1,0 +1,141 @@
+"""Demonstrations on disk in the robomimic / LIBERO HDF5 layout.
+
+    data/                      attrs: header (JSON), env_args (JSON), total
+      demo_<i>/                attrs: num_samples, instruction, task, placement_seed
+        obs/image              (T, H, W, 3) uint8
+        obs/state              (T, 7) float32   hand xyz, gripper opening, goal xyz
+        actions                (T, 4) float32
+
+The same reader loads real robomimic / LIBERO files whose image and state
+keys are named in `read_demos(image_key=..., state_key=...)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from actdistill.artifacts import ArtifactError, hash_file
+from actdistill.constants import ACTION_DIM, STATE_DIM
+
+
+@dataclass
+class Demo:
+    task: str
+    instruction: str
+    placement_seed: int
+    images: np.ndarray  # (T, H, W, 3) uint8
+    states: np.ndarray  # (T, 7) float32
+    actions: np.ndarray  # (T, 4) float32
+
+    def __post_init__(self) -> None:
+        t = len(self.actions)
+        if t == 0:
+            raise ValueError(f"Demo of {self.task} (seed {self.placement_seed}) is empty.")
+        if self.images.ndim != 4 or self.images.shape[0] != t or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            raise ValueError(f"Demo images must be (T, H, W, 3) uint8 with T={t}, got {self.images.shape} {self.images.dtype}.")
+        if self.states.shape != (t, STATE_DIM) or self.actions.shape != (t, ACTION_DIM):
+            raise ValueError(f"Demo states/actions must be ({t}, {STATE_DIM}) and ({t}, {ACTION_DIM}), got {self.states.shape} and {self.actions.shape}.")
+        if not self.instruction:
+            raise ValueError(f"Demo of {self.task} (seed {self.placement_seed}) has no instruction.")
+
+
+class DemoWriter:
+    """Append demos to a temporary file; `close()` renames it into place (a killed run leaves no valid-looking file)."""
+
+    def __init__(self, path: Path, header: dict, env_args: dict):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self._f = h5py.File(self._tmp, "w")
+        self._data = self._f.create_group("data")
+        self._data.attrs["header"] = json.dumps(header)
+        self._data.attrs["env_args"] = json.dumps(env_args)
+        self._n = 0
+        self._total = 0
+
+    def add(self, demo: Demo) -> None:
+        g = self._data.create_group(f"demo_{self._n}")
+        g.attrs.update(num_samples=len(demo.actions), instruction=demo.instruction, task=demo.task,
+                       placement_seed=int(demo.placement_seed))
+        g.create_dataset("obs/image", data=demo.images, compression="lzf", chunks=(1, *demo.images.shape[1:]))
+        g.create_dataset("obs/state", data=demo.states.astype(np.float32))
+        g.create_dataset("actions", data=demo.actions.astype(np.float32))
+        self._n += 1
+        self._total += len(demo.actions)
+
+    def close(self, extra_attrs: dict | None = None) -> None:
+        self._data.attrs["total"] = self._total
+        for k, v in (extra_attrs or {}).items():
+            self._data.attrs[k] = json.dumps(v)
+        self._f.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._f.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class DemoSet:
+    """All demos of a file, in memory, plus the file's header and fingerprint."""
+
+    demos: list[Demo]
+    header: dict
+    env_args: dict
+    fingerprint: str
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({d.task for d in self.demos})
+
+    @property
+    def num_frames(self) -> int:
+        return sum(len(d.actions) for d in self.demos)
+
+
+def read_demos(path: Path, image_key: str = "obs/image", state_key: str = "obs/state") -> DemoSet:
+    """Read a whole demo file; stop with one sentence on a missing, corrupt or incomplete file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"Dataset not found at {path}; run `actdistill collect` first.")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ArtifactError(f"Dataset {path} is not a readable HDF5 file ({err}); it is corrupt or truncated, collect it again.") from err
+    with f:
+        if "data" not in f:
+            raise ArtifactError(f"Dataset {path} has no 'data' group; it is not a robomimic/LIBERO-layout demo file.")
+        data = f["data"]
+        header = json.loads(data.attrs.get("header", "{}"))
+        env_args = json.loads(data.attrs.get("env_args", "{}"))
+        attrs = {k: json.loads(v) for k, v in data.attrs.items() if k not in ("header", "env_args", "total")}
+        names = sorted((k for k in data.keys() if k.startswith("demo_")), key=lambda s: int(s.split("_")[1]))
+        if not names:
+            raise ArtifactError(f"Dataset {path} holds no demos.")
+        demos = []
+        for name in names:
+            g = data[name]
+            instruction = g.attrs.get("instruction", "")
+            if not instruction:
+                raise ArtifactError(f"{path}:{name} has no instruction attribute; every demo needs its language instruction.")
+            for key in (image_key, state_key, "actions"):
+                if key not in g:
+                    raise ArtifactError(f"{path}:{name} lacks '{key}'; every demo needs images, states and actions.")
+            try:
+                demo = Demo(task=str(g.attrs.get("task", "")), instruction=str(instruction),
+                            placement_seed=int(g.attrs.get("placement_seed", -1)),
+                            images=g[image_key][()], states=g[state_key][()].astype(np.float32),
+                            actions=g["actions"][()].astype(np.float32))
+            except (ValueError, OSError) as err:
+                raise ArtifactError(f"{path}:{name} is malformed or truncated: {err}") from err
+            if not (np.isfinite(demo.states).all() and np.isfinite(demo.actions).all()):
+                raise ArtifactError(f"{path}:{name} contains NaN or infinite states or actions; remove the demo or collect again.")
+            demos.append(demo)
+    return DemoSet(demos=demos, header=header, env_args=env_args, fingerprint=hash_file(path), attrs=attrs)

@@ -1,0 +1,229 @@
+"""`actdistill evaluate`: closed-loop success on MT10 held-out placements (DESIGN.md pipeline stage 6).
+
+Any object with `select_action(observation)` / `reset()` can be evaluated.
+Episodes of a task run `batch_envs` at a time in lock-step with one batched
+policy call per step; finished environments stop stepping and rendering.
+Placement seeds come from a range disjoint from the demonstrations'.
+A policy that reports which decoder layers it ran (`pop_layer_mask`) gets its
+layer usage counted at every policy call of every live episode.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from actdistill.artifacts import atomic_write_bytes, atomic_write_json
+from actdistill.config import EvalConfig, SimConfig
+from actdistill.constants import OBS_IMAGE, OBS_STATE, RESULTS_FILE, RESULTS_TABLE, TASK
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A picklable recipe for a policy, so that evaluation workers can build their own copy."""
+
+    path: str
+
+    def build(self):
+        from actdistill.registry import load_policy
+
+        return load_policy(Path(self.path))
+
+
+def wilson_ci(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial rate."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(spec: PolicySpec | None, policy: Any, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["policy"] = policy if policy is not None else spec.build()
+    _WORKER["envs"] = {}
+
+
+def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps: int, envs_cache: dict,
+                 keep_frames: int = 0) -> list[dict]:
+    """Run one lock-step group of episodes of `task`, one per placement seed."""
+    from actdistill.sim.metaworld_env import MT10Env
+
+    pool = envs_cache.setdefault(task, [])
+    while len(pool) < len(seeds):
+        pool.append(MT10Env(task, camera=sim.camera, image_size=sim.image_size, max_steps=max_steps))
+    envs = pool[: len(seeds)]
+    obs = [env.reset(s) for env, s in zip(envs, seeds)]
+    b = len(seeds)
+    active = np.ones(b, dtype=bool)
+    success = np.zeros(b, dtype=bool)
+    steps = np.zeros(b, dtype=np.int64)
+    layer_sum: np.ndarray | None = None
+    calls = np.zeros(b, dtype=np.int64)
+    frames: list[list[np.ndarray]] = [[] for _ in range(min(keep_frames, b))]
+    policy.reset()
+    for _t in range(max_steps):
+        batch = {OBS_IMAGE: np.stack([o.image for o in obs]), OBS_STATE: np.stack([o.state for o in obs]),
+                 TASK: [o.instruction for o in obs]}
+        actions = policy.select_action(batch)
+        actions = actions.detach().cpu().numpy() if torch.is_tensor(actions) else np.asarray(actions)
+        if actions.shape != (b, 4) or not np.isfinite(actions).all():
+            raise ValueError(f"The policy returned actions of shape {actions.shape} (or non-finite values); expected ({b}, 4).")
+        mask = policy.pop_layer_mask() if hasattr(policy, "pop_layer_mask") else None
+        if mask is not None:
+            m = mask.detach().cpu().numpy().astype(np.int64)  # (B, L)
+            layer_sum = np.zeros_like(m) if layer_sum is None else layer_sum
+            layer_sum[active] += m[active]
+            calls[active] += 1
+        for i in np.flatnonzero(active):
+            if i < len(frames):
+                frames[i].append(obs[i].image)
+            obs[i], ok = envs[i].step(actions[i])
+            steps[i] += 1
+            if ok:
+                success[i] = True
+                active[i] = False
+        if not active.any():
+            break
+    out = []
+    for i, s in enumerate(seeds):
+        ep = {"task": task, "seed": int(s), "success": bool(success[i]), "steps": int(steps[i]),
+              "policy_calls": int(calls[i])}
+        if layer_sum is not None:
+            ep["layers_executed"] = layer_sum[i].tolist()
+        if i < len(frames):
+            ep["frames"] = frames[i]
+        out.append(ep)
+    return out
+
+
+def _job(args: tuple) -> list[dict]:
+    task, seeds, sim, max_steps, keep = args
+    return run_episodes(_WORKER["policy"], task, seeds, sim, max_steps, _WORKER["envs"], keep)
+
+
+def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | None = None, name: str = "policy",
+             exclude_seeds: dict[str, list[int]] | None = None, progress: bool = True, seed_kind: str = "eval") -> dict:
+    """Closed-loop evaluation; returns (and writes under `out_dir`) per-task and mean success with 95% CIs."""
+    from actdistill.sim.metaworld_env import placement_seeds
+
+    t0 = time.time()
+    seeds = placement_seeds(seed_kind, cfg.seed, cfg.episodes_per_task)
+    for task, used in (exclude_seeds or {}).items():
+        overlap = set(used) & set(seeds)
+        if overlap:
+            raise ValueError(f"Evaluation placement seeds overlap the {task} demonstrations ({len(overlap)} seeds); choose another eval.seed.")
+    jobs = []
+    for task in sim.tasks:
+        for g in range(0, len(seeds), cfg.batch_envs):
+            keep = max(0, cfg.gifs_per_task - g)
+            jobs.append((task, seeds[g:g + cfg.batch_envs], sim, cfg.max_steps, keep))
+    episodes: list[dict] = []
+    bar = tqdm(total=len(seeds) * len(sim.tasks), desc=f"evaluate {name}", unit="ep", disable=not progress, dynamic_ncols=True)
+
+    def _collect(results: list[dict]) -> None:
+        episodes.extend(results)
+        bar.update(len(results))
+        done = [e["success"] for e in episodes]
+        bar.set_postfix(success=f"{np.mean(done):.2f}")
+
+    is_spec = isinstance(policy_or_spec, PolicySpec)
+    if cfg.workers > 1 and is_spec:
+        ctx = mp.get_context("spawn")
+        threads = max(1, torch.get_num_threads() // cfg.workers)
+        with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(policy_or_spec, None, threads)) as pool:
+            for res in pool.imap_unordered(_job, jobs):
+                _collect(res)
+    else:
+        policy = policy_or_spec.build() if is_spec else policy_or_spec
+        envs: dict = {}
+        try:
+            for task, s, sim_, max_steps, keep in jobs:
+                _collect(run_episodes(policy, task, s, sim_, max_steps, envs, keep))
+        finally:
+            for pool_envs in envs.values():
+                for env in pool_envs:
+                    env.close()
+    bar.close()
+    episodes.sort(key=lambda e: (sim.tasks.index(e["task"]), e["seed"]))
+    result = summarize(episodes, sim.tasks, name, cfg)
+    result["seconds"] = round(time.time() - t0, 1)
+    if out_dir is not None:
+        write_results(result, episodes, Path(out_dir))
+    return result
+
+
+def summarize(episodes: list[dict], tasks: tuple[str, ...], name: str, cfg: EvalConfig) -> dict:
+    per_task = {}
+    ci_task = {}
+    usage_task = {}
+    for task in tasks:
+        eps = [e for e in episodes if e["task"] == task]
+        k = sum(e["success"] for e in eps)
+        per_task[task] = k / len(eps)
+        ci_task[task] = list(wilson_ci(k, len(eps)))
+        if eps and "layers_executed" in eps[0]:
+            calls = sum(e["policy_calls"] for e in eps)
+            usage_task[task] = (np.sum([e["layers_executed"] for e in eps], axis=0) / max(calls, 1)).round(4).tolist()
+    k = sum(e["success"] for e in episodes)
+    row: dict[str, Any] = {
+        "name": name,
+        "success_mean": float(np.mean(list(per_task.values()))),
+        "success_ci95": list(wilson_ci(k, len(episodes))),
+        "success_per_task": per_task,
+        "success_ci95_per_task": ci_task,
+        "episodes_per_task": cfg.episodes_per_task,
+        "max_steps": cfg.max_steps,
+        "mean_episode_steps": float(np.mean([e["steps"] for e in episodes])),
+        "placement_seeds": sorted({e["seed"] for e in episodes}),
+        "per_episode_success": {t: [int(e["success"]) for e in episodes if e["task"] == t] for t in tasks},
+    }
+    if usage_task:
+        calls = sum(e["policy_calls"] for e in episodes)
+        executed = np.sum([e["layers_executed"] for e in episodes], axis=0)
+        row["layers_executed_frac"] = float(executed.sum() / (max(calls, 1) * len(executed)))
+        row["layer_usage_per_task"] = usage_task
+    return row
+
+
+def markdown_table(rows: list[dict], tasks: tuple[str, ...]) -> str:
+    short = [t.replace("-v3", "") for t in tasks]
+    head = "| policy | mean success (95% CI) | layers executed | " + " | ".join(short) + " |"
+    sep = "|" + "---|" * (3 + len(tasks))
+    lines = [head, sep]
+    for r in rows:
+        lo, hi = r["success_ci95"]
+        frac = r.get("layers_executed_frac")
+        frac_s = f"{frac:.2f}" if frac is not None else "1.00"
+        cells = " | ".join(f"{r['success_per_task'][t]:.2f}" for t in tasks)
+        lines.append(f"| {r['name']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {frac_s} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(result: dict, episodes: list[dict], out_dir: Path) -> None:
+    import imageio.v2 as imageio
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / RESULTS_FILE, result)
+    tasks = tuple(result["success_per_task"])
+    atomic_write_bytes(out_dir / RESULTS_TABLE, markdown_table([result], tasks).encode())
+    atomic_write_json(out_dir / "episodes.json", [{k: v for k, v in e.items() if k != "frames"} for e in episodes])
+    for e in episodes:
+        if e.get("frames"):
+            frames = [np.kron(f, np.ones((3, 3, 1), dtype=np.uint8)) for f in e["frames"]]
+            tag = "success" if e["success"] else "fail"
+            imageio.mimsave(out_dir / f"{e['task']}_seed{e['seed']}_{tag}.gif", frames, duration=0.05)

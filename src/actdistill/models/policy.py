@@ -1,0 +1,76 @@
+"""The policy contract shared by teacher, students and baselines (LeRobot style).
+
+`forward(batch) -> (loss, logs)` for training, `select_action(observation)`
+and `reset()` for closed loop. Observations are batched dicts:
+OBS_IMAGE (B, H, W, 3) uint8, OBS_STATE (B, 7), TASK list[str].
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import torch
+from actdistill.constants import OBS_IMAGE, OBS_LANG, OBS_STATE, STATE_DIM, TASK
+from actdistill.models.language import shared_language_encoder
+
+
+class ObservationError(ValueError):
+    """An observation does not match what the policy was trained on."""
+
+
+class PolicyMixin:
+    """Action queue (receding horizon) and observation checks on top of `predict_chunk`."""
+
+    image_size: int
+    n_action_steps: int
+
+    def reset(self) -> None:
+        self._queue: deque = deque()
+        self._last_layer_mask: torch.Tensor | None = None
+
+    def prepare_observation(self, observation: dict) -> dict:
+        for key in (OBS_IMAGE, OBS_STATE, TASK):
+            if key not in observation:
+                raise ObservationError(f"The observation lacks '{key}'; it needs {OBS_IMAGE}, {OBS_STATE} and {TASK}.")
+        img = torch.as_tensor(np.asarray(observation[OBS_IMAGE]))
+        if img.ndim == 3:
+            img = img.unsqueeze(0)
+        if img.ndim != 4 or img.shape[-1] != 3 or tuple(img.shape[1:3]) != (self.image_size, self.image_size):
+            raise ObservationError(
+                f"Image of shape {tuple(img.shape)} does not match this policy, which was trained on "
+                f"{self.image_size}x{self.image_size} RGB images (B, H, W, 3); render at that size.")
+        state = torch.as_tensor(np.asarray(observation[OBS_STATE]), dtype=torch.float32).reshape(img.shape[0], -1)
+        if state.shape[1] != STATE_DIM:
+            raise ObservationError(f"State has {state.shape[1]} values, the policy needs {STATE_DIM} (hand xyz, gripper, goal xyz).")
+        tasks = observation[TASK]
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+        if len(tasks) != img.shape[0]:
+            raise ObservationError(f"Got {len(tasks)} instructions for a batch of {img.shape[0]} images.")
+        lang = shared_language_encoder().encode(tasks)
+        return {OBS_IMAGE: img, OBS_STATE: state, OBS_LANG: lang, TASK: tasks}
+
+    @torch.no_grad()
+    def select_action(self, observation: dict) -> torch.Tensor:
+        """(B, 4) actions; a new chunk is predicted every `n_action_steps` calls."""
+        if not hasattr(self, "_queue"):
+            self.reset()
+        self._last_layer_mask = None
+        if not self._queue:
+            was_training = self.training  # type: ignore[attr-defined]
+            self.eval()  # type: ignore[attr-defined]
+            batch = self.prepare_observation(observation)
+            chunk, mask = self.predict_chunk(batch)  # (B, chunk, 4), (B, L) bool
+            self.train(was_training)  # type: ignore[attr-defined]
+            self._last_layer_mask = mask
+            for i in range(self.n_action_steps):
+                self._queue.append(chunk[:, i])
+        return self._queue.popleft()
+
+    def pop_layer_mask(self) -> torch.Tensor | None:
+        """Which decoder layers each row executed in this step's forward, or None if no forward ran."""
+        mask, self._last_layer_mask = getattr(self, "_last_layer_mask", None), None
+        return mask
+
+    def predict_chunk(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError

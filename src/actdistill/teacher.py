@@ -1,0 +1,69 @@
+"""`actdistill train-teacher`: the reference VLA trained by behaviour cloning (DESIGN.md pipeline stage 2)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, load_tensors,
+                                  make_header, read_header, read_json, write_header)
+from actdistill.config import ConfigError, ModelConfig, TeacherConfig
+from actdistill.constants import CONFIG_FILE, WEIGHTS_FILE
+from actdistill.data.dataset import FrameDataset
+from actdistill.data.hdf5 import read_demos
+from actdistill.models.vla import ReferenceVLA
+from actdistill.training import train_loop
+
+
+def train_teacher(cfg: TeacherConfig, dataset_path: Path, out_dir: Path, progress: bool = True,
+                  stop_after: int | None = None) -> dict:
+    out_dir = Path(out_dir)
+    demos = read_demos(dataset_path)
+    size = demos.env_args.get("image_size", demos.demos[0].images.shape[1])
+    if size != cfg.model.image_size:
+        raise ConfigError(f"The dataset has {size}x{size} images but teacher.model.image_size is "
+                          f"{cfg.model.image_size}; set it to {size}.")
+    tasks = tuple(demos.env_args.get("tasks") or demos.tasks)
+    data = FrameDataset(demos, cfg.model.chunk_size, tasks)
+    torch.manual_seed(cfg.train.seed)
+    model = ReferenceVLA(cfg.model)
+    mean, std = data.state_stats()
+    model.state_mean.copy_(mean)
+    model.state_std.copy_(std)
+    result = train_loop(model=model, dataset=data, cfg=cfg.train, out_dir=out_dir, stage="train-teacher",
+                        identity={"model": cfg.model.to_dict(), "dataset": data.fingerprint}, progress=progress,
+                        stop_after=stop_after)
+    if result.steps < cfg.train.steps:
+        return {"stopped_at": result.steps}
+    weights = model.state_dict()
+    atomic_save_tensors(out_dir / WEIGHTS_FILE, weights)
+    atomic_write_json(out_dir / CONFIG_FILE, {**cfg.to_dict(), "tasks": list(tasks)})
+    n_params = sum(p.numel() for p in model.parameters())
+    summary = {"weights": str(out_dir / WEIGHTS_FILE), "parameters": n_params, "steps": result.steps,
+               "final_loss": round(result.final_loss, 5), "seconds": round(result.seconds, 1),
+               "resumed_from": result.resumed_from, "frames": len(data),
+               "passes": round(result.steps * cfg.train.batch_size / len(data), 2)}
+    write_header(out_dir, make_header("train-teacher", cfg.to_dict(), inputs={"dataset": data.fingerprint},
+                                      weights_hash=hash_tensors(weights), tasks=list(tasks), summary=summary))
+    return summary
+
+
+def load_teacher(folder: Path) -> tuple[ReferenceVLA, dict]:
+    """Load a trained teacher; refuses a folder that holds another stage or mismatched weights."""
+    folder = Path(folder)
+    header = read_header(folder, "train-teacher")
+    cfg_json = read_json(folder / CONFIG_FILE, "the teacher config")
+    tasks = cfg_json.pop("tasks", None)
+    cfg = TeacherConfig.from_dict(cfg_json)
+    model = ReferenceVLA(cfg.model)
+    weights = load_tensors(folder / WEIGHTS_FILE, "the teacher weights")
+    if hash_tensors(weights) != header.get("weights_hash"):
+        raise ArtifactError(f"The teacher weights in {folder} do not match its header (changed or partly written); train it again.")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ArtifactError(f"{folder / WEIGHTS_FILE} is a checkpoint of another model ({len(missing)} missing, "
+                            f"{len(unexpected)} unexpected tensors); point to a teacher trained by actdistill.")
+    model.eval()
+    return model, {"header": header, "tasks": tasks, "config": cfg}

@@ -1,0 +1,182 @@
+"""One training loop for every stage (teacher, probe, distill, baselines), through Hugging Face Accelerate.
+
+The loop is resumable and deterministic: the data order of step s is a pure
+function of (seed, s) (a seeded permutation per epoch), so resuming from a
+checkpoint at step s replays exactly the same batches as an uninterrupted
+run. Optimizer and scheduler state are restored from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from actdistill.artifacts import ArtifactError, atomic_save_tensors, atomic_write_json, hash_json, load_tensors, read_json
+from actdistill.config import TrainConfig
+from actdistill.constants import OBS_IMAGE, TRAIN_META_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    final_loss: float
+    resumed_from: int
+    history: list[dict]
+
+
+def batch_indices(n: int, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """The frame indices of `step` for `rank`: a seeded permutation per epoch, read in order."""
+    global_bs = batch_size * world
+    per_epoch = max(n // global_bs, 1)
+    epoch, pos = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    start = pos * global_bs + rank * batch_size
+    return perm[start:start + batch_size] if n >= global_bs else perm[torch.arange(batch_size) % n]
+
+
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """DrQ-style random shift of (B, H, W, 3) uint8 images by up to `pad` pixels (edge padding)."""
+    if pad <= 0:
+        return images
+    b, h, w, _ = images.shape
+    x = images.permute(0, 3, 1, 2).float()
+    x = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    out = torch.stack([x[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    return out.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def cosine_lr(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors = {f"{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
+    scalars = {f"{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items() if not torch.is_tensor(v)}
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def train_loop(
+    *,
+    model: nn.Module,
+    dataset,
+    cfg: TrainConfig,
+    out_dir: Path,
+    stage: str,
+    loss_fn: Callable[[nn.Module, dict, int], tuple[torch.Tensor, dict]] | None = None,
+    params: list[nn.Parameter] | None = None,
+    identity: dict | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train `params` (default: all of `model`) for `cfg.steps` steps, resuming from `out_dir/ckpt` if present.
+
+    `loss_fn(model, batch, step) -> (loss, logs)` defaults to `model(batch)`.
+    `identity` (JSON-able) is stored with each checkpoint; a checkpoint of another run is refused.
+    `stop_after` ends the loop early at that step (after checkpointing), to test kill-and-resume.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "ckpt"
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(cfg.seed)
+    loss_fn = loss_fn or (lambda m, b, s: m(b))
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup_steps))
+    identity_hash = hash_json({"stage": stage, "train": cfg.to_dict(), **(identity or {})})
+
+    start = 0
+    if (ckpt_dir / TRAIN_META_FILE).is_file():
+        meta = read_json(ckpt_dir / TRAIN_META_FILE, f"the {stage} checkpoint")
+        if meta.get("identity") != identity_hash:
+            raise ArtifactError(
+                f"The checkpoint in {ckpt_dir} belongs to a different {stage} run (other config or inputs); "
+                "delete that folder or choose another output folder.")
+        weights = load_tensors(ckpt_dir / WEIGHTS_FILE, f"the {stage} checkpoint weights")
+        model.load_state_dict(weights, strict=True)
+        opt.load_state_dict(_unflatten_optimizer(load_tensors(ckpt_dir / TRAIN_STATE_FILE, "the optimizer state"), meta["optimizer"]))
+        sched.load_state_dict(meta["scheduler"])
+        start = int(meta["step"])
+
+    model, opt = accelerator.prepare(model, opt)
+    model.train()
+    history: list[dict] = []
+    t0 = time.time()
+    last_loss = float("nan")
+    n = len(dataset)
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    bar = tqdm(range(start, end), desc=stage, initial=start, total=cfg.steps,
+               disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
+    for step in bar:
+        idx = batch_indices(n, step, cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes)
+        batch = dataset.batch(idx)
+        gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step * 31 + accelerator.process_index)
+        batch[OBS_IMAGE] = random_shift(batch[OBS_IMAGE], cfg.shift_augment, gen)
+        batch = {k: (v.to(accelerator.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        loss, logs = loss_fn(model, batch, step)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"{stage}: the loss became {loss.item()} at step {step}; the last good checkpoint in {ckpt_dir} is kept "
+                "(lower the learning rate and resume).")
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        last_loss = loss.item()
+        if step % 50 == 0 or step == cfg.steps - 1:
+            rec = {"step": step, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm), **logs}
+            history.append(rec)
+            bar.set_postfix({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in logs.items() if k != "step"})
+        done = step + 1
+        if (done % cfg.checkpoint_every == 0 or done == end) and accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            opt_tensors, opt_meta = _flatten_optimizer(opt)
+            atomic_save_tensors(ckpt_dir / WEIGHTS_FILE, unwrapped.state_dict())
+            atomic_save_tensors(ckpt_dir / TRAIN_STATE_FILE, opt_tensors)
+            atomic_write_json(ckpt_dir / TRAIN_META_FILE, {"step": done, "identity": identity_hash,
+                                                            "optimizer": opt_meta, "scheduler": sched.state_dict()})
+        accelerator.wait_for_everyone()
+    bar.close()
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    (out_dir).mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "train_log.jsonl", "a") as f:
+        for rec in history:
+            f.write(json.dumps(rec) + "\n")
+    return TrainResult(steps=end, seconds=time.time() - t0, final_loss=last_loss, resumed_from=start, history=history)

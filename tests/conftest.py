@@ -1,0 +1,43 @@
+"""Shared tiny fixtures: a two-task demo file and a tiny model config, built once per session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actdistill.config import CollectConfig, ModelConfig, SimConfig, TeacherConfig, TrainConfig
+
+TINY_TASKS = ("reach-v3", "drawer-close-v3")
+
+
+def tiny_model_config(**kw) -> ModelConfig:
+    base = dict(image_size=32, hidden_size=32, num_layers=4, num_heads=2, num_kv_heads=1, intermediate_size=64,
+                patch_size=8, num_lang_tokens=2, chunk_size=4)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def tiny_teacher_config(steps: int = 20, **model_kw) -> TeacherConfig:
+    return TeacherConfig(model=tiny_model_config(**model_kw),
+                         train=TrainConfig(steps=steps, batch_size=16, lr=2e-3, warmup_steps=2, checkpoint_every=10))
+
+
+@pytest.fixture(scope="session")
+def tiny_demos(tmp_path_factory):
+    """Two demos each of two tasks at 32x32, collected by the real experts (single worker)."""
+    from actdistill.collect import collect
+
+    out = tmp_path_factory.mktemp("collect")
+    cfg = CollectConfig(sim=SimConfig(tasks=TINY_TASKS, image_size=32), demos_per_task=2, workers=1, max_steps=200)
+    collect(cfg, out, progress=False)
+    return out / "demos.hdf5"
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_demos, tmp_path_factory):
+    from actdistill.teacher import train_teacher
+
+    out = tmp_path_factory.mktemp("teacher")
+    torch.manual_seed(0)
+    train_teacher(tiny_teacher_config(steps=20), tiny_demos, out, progress=False)
+    return out

@@ -1,0 +1,64 @@
+import json
+
+import numpy as np
+import pytest
+
+from actdistill.config import EvalConfig, SimConfig
+from actdistill.evaluate import evaluate, wilson_ci
+from actdistill.teacher import load_teacher
+from tests.conftest import TINY_TASKS
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_ci(10, 20)
+    assert lo == pytest.approx(0.2993, abs=1e-3) and hi == pytest.approx(0.7007, abs=1e-3)
+    assert wilson_ci(0, 10)[0] == 0.0 and wilson_ci(10, 10)[1] == 1.0
+
+
+def test_one_episode_with_a_tiny_teacher(tiny_teacher, tmp_path):
+    policy, _ = load_teacher(tiny_teacher)
+    cfg = EvalConfig(episodes_per_task=1, max_steps=15, workers=1, gifs_per_task=1)
+    r = evaluate(policy, cfg, SimConfig(tasks=TINY_TASKS, image_size=32), tmp_path, name="tiny", progress=False)
+    assert set(r["success_per_task"]) == set(TINY_TASKS)
+    assert r["episodes_per_task"] == 1 and 0 <= r["success_mean"] <= 1
+    assert r["layers_executed_frac"] == 1.0  # the teacher runs every layer at every call
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["name"] == "tiny" and saved["placement_seeds"][0] >= 10_000_000
+    assert len(list(tmp_path.glob("*.gif"))) == len(TINY_TASKS)
+    eps = json.loads((tmp_path / "episodes.json").read_text())
+    assert all(e["steps"] <= 15 and e["policy_calls"] == e["steps"] for e in eps)
+
+
+def test_evaluator_counts_expert_successes(monkeypatch):
+    """A policy object that is not a VLA (the scripted expert, reading the evaluator's own environments)."""
+    import actdistill.evaluate as ev
+    from actdistill.sim.metaworld_env import MT10Env
+
+    class Expert:
+        envs: list = []
+
+        def reset(self):
+            pass
+
+        def select_action(self, obs):
+            return np.stack([e.expert_action() for e in self.envs])
+
+    expert = Expert()
+    real = ev.run_episodes
+
+    def run(policy, task, seeds, sim, max_steps, envs_cache, keep_frames=0):
+        envs_cache[task] = [MT10Env(task, camera=sim.camera, image_size=sim.image_size, max_steps=max_steps) for _ in seeds]
+        expert.envs = envs_cache[task]
+        return real(policy, task, seeds, sim, max_steps, envs_cache, keep_frames)
+
+    monkeypatch.setattr(ev, "run_episodes", run)
+    cfg = EvalConfig(episodes_per_task=2, max_steps=200, workers=1, batch_envs=2)
+    r = evaluate(expert, cfg, SimConfig(tasks=("drawer-close-v3",), image_size=32), None, progress=False)
+    assert r["success_per_task"]["drawer-close-v3"] == 1.0
+    assert r["mean_episode_steps"] < 200 and "layers_executed_frac" not in r
+
+
+def test_overlapping_seeds_are_refused():
+    with pytest.raises(ValueError, match="overlap"):
+        evaluate(object(), EvalConfig(episodes_per_task=2, workers=1), SimConfig(tasks=("reach-v3",)), None,
+                 exclude_seeds={"reach-v3": [10_000_000]}, progress=False)

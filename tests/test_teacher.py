@@ -1,0 +1,56 @@
+import json
+
+import pytest
+import torch
+
+from actdistill.artifacts import ArtifactError, load_tensors
+from actdistill.teacher import load_teacher, train_teacher
+from tests.conftest import tiny_teacher_config
+
+
+def test_teacher_trains_saves_and_reloads(tiny_teacher):
+    model, info = load_teacher(tiny_teacher)
+    header = info["header"]
+    assert header["stage"] == "train-teacher" and header["summary"]["steps"] == 20
+    log = [json.loads(line) for line in (tiny_teacher / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["step"] == 0 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    weights = load_tensors(tiny_teacher / "model.safetensors", "w")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k])
+    assert not torch.equal(model.state_std, torch.ones(7))  # dataset statistics were stored
+
+
+def test_resume_continues_and_matches_uninterrupted_run(tiny_demos, tmp_path):
+    cfg = tiny_teacher_config(steps=20)
+    torch.manual_seed(0)
+    train_teacher(cfg, tiny_demos, tmp_path / "full", progress=False)
+    torch.manual_seed(0)
+    out = train_teacher(cfg, tiny_demos, tmp_path / "resumed", progress=False, stop_after=10)
+    assert out == {"stopped_at": 10}
+    torch.manual_seed(123)  # a different global seed must not matter: the loop reseeds itself
+    s = train_teacher(cfg, tiny_demos, tmp_path / "resumed", progress=False)
+    assert s["resumed_from"] == 10
+    a = load_tensors(tmp_path / "full" / "model.safetensors", "a")
+    b = load_tensors(tmp_path / "resumed" / "model.safetensors", "b")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_checkpoint_of_another_run_is_refused(tiny_demos, tmp_path):
+    train_teacher(tiny_teacher_config(steps=10), tiny_demos, tmp_path / "t", progress=False, stop_after=10)
+    with pytest.raises(ArtifactError, match="different train-teacher run"):
+        train_teacher(tiny_teacher_config(steps=10, num_layers=2), tiny_demos, tmp_path / "t", progress=False)
+
+
+def test_tampered_weights_are_refused(tiny_teacher, tmp_path):
+    import shutil
+
+    copy = tmp_path / "t"
+    shutil.copytree(tiny_teacher, copy)
+    w = load_tensors(copy / "model.safetensors", "w")
+    w["head.bias"] = w["head.bias"] + 1
+    from safetensors.torch import save_file
+
+    save_file(w, str(copy / "model.safetensors"))
+    with pytest.raises(ArtifactError, match="do not match its header"):
+        load_teacher(copy)
