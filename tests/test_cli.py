@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+from safetensors.torch import load_file
+
 from actdistill.cli import main
 
 
@@ -37,6 +39,11 @@ def test_tiny_end_to_end_run_through_the_cli(tmp_path):
                               "intermediate_size": 64, "patch_size": 8, "chunk_size": 4},
                     "train": {"steps": 6, "batch_size": 8, "checkpoint_every": 3, "warmup_steps": 1}},
         "eval": {"episodes_per_task": 1, "max_steps": 10, "workers": 1},
+        "probe": {"semantic_dim": 16, "graph_dim": 16, "affinity_dim": 8, "k": 4,
+                  "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 4, "warmup_steps": 1, "shift_augment": 0}},
+        "distill": {"rho": 0.5, "router_dim": 8, "router_init_bias": 0.0, "soft_warmup_steps": 1,
+                    "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 4, "warmup_steps": 1, "shift_augment": 0}},
+        "export": {"calib_episodes_per_task": 1, "calib_rounds": 1, "max_steps": 10},
     }
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "run", "--config", str(tmp_path / "cfg.json"),
@@ -44,10 +51,16 @@ def test_tiny_end_to_end_run_through_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "pipeline" in proc.stdout and "closed-loop success" in proc.stdout
     res = json.loads((tmp_path / "run" / "mt10.json").read_text())
-    (row,) = res["rows"]
-    assert row["name"] == "teacher" and row["episodes_per_task"] == 1
-    assert set(row["success_per_task"]) == {"reach-v3", "drawer-close-v3"}
+    teacher, student = res["rows"]
+    assert teacher["name"] == "teacher" and teacher["episodes_per_task"] == 1
+    assert set(teacher["success_per_task"]) == {"reach-v3", "drawer-close-v3"}
+    assert student["name"] == "actdistill-rho0.5" and 0.0 <= student["layers_executed_frac"] <= 1.0
+    assert set(student["layer_usage_per_task"]) == {"reach-v3", "drawer-close-v3"}
+    assert "layer usage of the student per task" in proc.stdout
+    assert (tmp_path / "run" / "eval-actdistill-rho0.5" / "layer_usage.png").stat().st_size > 1000
+    exported = load_file(str(tmp_path / "run" / "student-rho0.5" / "model.safetensors"))
+    assert not any(k.startswith("probes.") for k in exported)
     # a second run reuses the finished stages
     proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "run", "--config", str(tmp_path / "cfg.json"),
                            "--no-progress"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and proc.stdout.count("reused") == 2
+    assert proc.returncode == 0 and proc.stdout.count("reused") == 7  # every stage

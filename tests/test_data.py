@@ -1,6 +1,7 @@
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from actdistill.artifacts import ArtifactError
 from actdistill.data.dataset import FrameDataset
@@ -38,7 +39,7 @@ def test_action_chunks_pad_at_episode_end(tmp_path):
     w.add(d1)
     w.close()
     ds = FrameDataset(read_demos(tmp_path / "d.hdf5"), chunk_size=4, task_names=("reach-v3",))
-    b = ds.batch(__import__("torch").tensor([1, 3]))
+    b = ds.batch(torch.tensor([1, 3]))
     # frame 1 of demo 0: actions 1, 2 then padded with the last action of demo 0 (not demo 1's)
     np.testing.assert_array_equal(b["action"][0, :2].numpy(), d0.actions[1:3])
     np.testing.assert_array_equal(b["action"][0, 2].numpy(), d0.actions[2])

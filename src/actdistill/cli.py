@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from actdistill.artifacts import ArtifactError
-from actdistill.config import (CollectConfig, ConfigError, EvalConfig, RunConfig, SimConfig, TeacherConfig,
-                               apply_overrides)
+from actdistill.config import (CollectConfig, ConfigError, DistillConfig, EvalConfig, ExportConfig, ProbeConfig,
+                               RunConfig, SimConfig, TeacherConfig, apply_overrides)
 from actdistill.models.policy import ObservationError
 
 USER_ERRORS = (ConfigError, ArtifactError, ObservationError, FileNotFoundError, PermissionError, KeyError)
@@ -119,6 +119,41 @@ def cmd_evaluate(args) -> None:
     print(f"\nwrote {Path(args.out) / 'results.json'} and results.md ({r['seconds']:.0f} s)")
 
 
+def cmd_probe(args) -> None:
+    from actdistill.probe.stage import run_probe
+
+    cfg = _build_config(ProbeConfig, args, {"steps": "train.steps", "semantic_dim": "semantic_dim", "k": "k"})
+    s = run_probe(cfg, Path(args.teacher), Path(args.data), Path(args.out), progress=not args.no_progress)
+    print_table([{"layer": l, "probe action MSE": f"{e:.5f}"} for l, e in enumerate(s["probe_mse_per_layer"])],
+                ["layer", "probe action MSE"], "probe error by depth (training frames)")
+    print(f"\nwrote {s['cache']} ({s['samples']} samples), {s['probes']}, probe_error.png "
+          f"(train {s['train_seconds']:.0f} s, cache {s['cache_seconds']:.0f} s)")
+
+
+def cmd_distill(args) -> None:
+    from actdistill.distill.stage import run_distill
+
+    cfg = _build_config(DistillConfig, args, {"rho": "rho", "steps": "train.steps"})
+    s = run_distill(cfg, Path(args.teacher), Path(args.probe), Path(args.data), Path(args.out), progress=not args.no_progress)
+    print_table([{"layer": l, "gate on (training frames)": f"{g:.2f}"} for l, g in enumerate(s["gate_mean_per_layer"])],
+                ["layer", "gate on (training frames)"], f"student (rho={cfg.rho}), keep ratio {s['train_keep_ratio']:.2f}")
+    print(f"\nwrote {s['weights']} ({s['seconds']:.0f} s)")
+
+
+def cmd_export(args) -> None:
+    from actdistill.export import run_export
+
+    cfg = _build_config(ExportConfig, args, {"calib_episodes": "calib_episodes_per_task"})
+    if args.no_calibrate:
+        cfg = apply_overrides(cfg, {"calibrate": False})
+    s = run_export(cfg, Path(args.student), Path(args.data), Path(args.out), SimConfig(camera=args.camera),
+                   progress=not args.no_progress)
+    if s["calibration"]:
+        print_table(s["calibration"], ["round", "gate_shift", "layers_executed_frac", "success_mean"],
+                    f"budget calibration on training placements (rho={s['rho']})")
+    print(f"\nwrote {s['weights']} (no extractor or probe parameters; {s['parameters'] / 1e6:.2f}M parameters)")
+
+
 def cmd_run(args) -> None:
     from actdistill.pipeline import run_pipeline
 
@@ -130,13 +165,16 @@ def cmd_run(args) -> None:
     print_table(s["stages"], ["stage", "status", "seconds", "note", "output"], "pipeline")
     rows = _success_rows(s["rows"])
     print_table(rows, list(rows[0]), "closed-loop success on held-out placements")
-    print(f"\nresults: {s['results']}   total wall time {s['wall_seconds'] / 60:.1f} min")
+    print("\nlayer usage of the student per task (fraction of policy calls executing each layer)")
+    print(s["layer_usage"])
+    print(f"results: {s['results']}   heatmap: {s['heatmap']}   wall time of this run {s['wall_seconds'] / 60:.1f} min")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="actdistill", description=(
         "ActDistill: distil a vision-language-action policy into a student that runs only the decoder layers "
-        "each input needs. Stages: collect -> train-teacher -> evaluate (and `run` for all of them)."))
+        "each input needs. Stages: collect -> train-teacher -> evaluate -> probe -> distill -> export "
+        "(and `run` for all of them)."))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("collect", help="scripted Meta-World experts write demonstrations (HDF5, robomimic layout).",
@@ -178,8 +216,42 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e)
     e.set_defaults(func=cmd_evaluate)
 
+    pr = sub.add_parser("probe", help="train per-layer graph extractors + action probes on the frozen teacher; write the teacher cache.",
+                        description="Graph-structured encapsulation of the teacher (ActDistill Sec. 3.2).")
+    pr.add_argument("--teacher", required=True, help="teacher folder from `actdistill train-teacher`.")
+    pr.add_argument("--data", required=True, help="the demos.hdf5 the teacher was trained on.")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--steps", type=int)
+    pr.add_argument("--semantic-dim", type=int, dest="semantic_dim")
+    pr.add_argument("--k", type=int, help="neighbours per node in the affinity graph.")
+    _common(pr)
+    pr.set_defaults(func=cmd_probe)
+
+    d = sub.add_parser("distill", help="train the routed student against the teacher cache.",
+                       description="Self-derived student + dynamic router + dual-stream distillation with a compute budget rho.")
+    d.add_argument("--teacher", required=True)
+    d.add_argument("--probe", required=True, help="folder from `actdistill probe` (probes + teacher cache).")
+    d.add_argument("--data", required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--rho", type=float, help="target fraction of decoder layers executed (default 0.5).")
+    d.add_argument("--steps", type=int)
+    _common(d)
+    d.set_defaults(func=cmd_distill)
+
+    x = sub.add_parser("export", help="strip the graph parts, calibrate the gates to the budget, write the deployable student.",
+                       description="Export the routed student; its gates are calibrated on closed-loop rollouts from training placements.")
+    x.add_argument("--student", required=True, help="folder from `actdistill distill`.")
+    x.add_argument("--data", required=True, help="the demos.hdf5 (its placement seeds are the calibration placements).")
+    x.add_argument("--out", required=True)
+    x.add_argument("--calib-episodes", type=int, dest="calib_episodes")
+    x.add_argument("--no-calibrate", action="store_true")
+    x.add_argument("--camera", default="corner2")
+    _common(x)
+    x.set_defaults(func=cmd_export)
+
     r = sub.add_parser("run", help="the whole pipeline on the built-in MT10 setting, with a summary.",
-                       description="collect -> train-teacher -> evaluate; finished stages with unchanged inputs are reused.")
+                       description="collect -> train-teacher -> evaluate -> probe -> distill -> export -> evaluate student; "
+                       "finished stages with unchanged inputs are reused.")
     r.add_argument("--quick", action="store_true", help="a first look in about ten minutes (small data, short training).")
     r.add_argument("--out", help="output folder (default runs/default, or runs/quick with --quick).")
     _common(r)

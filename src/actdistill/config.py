@@ -180,14 +180,14 @@ class ModelConfig(_Base):
 class TrainConfig(_Base):
     """Optimisation settings shared by the training stages."""
 
-    steps: int = 12000
+    steps: int = 5500
     batch_size: int = 64
     lr: float = 5e-4
     weight_decay: float = 0.01
     warmup_steps: int = 300
     grad_clip: float = 1.0
     shift_augment: int = 4  # random-shift augmentation in pixels (pad + crop)
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 500
     seed: int = 0
     num_threads: int = 0  # 0: torch default
 
@@ -205,6 +205,65 @@ class TeacherConfig(_Base):
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class ProbeConfig(_Base):
+    """`actdistill probe`: graph semantic extractors + action probes on the frozen teacher (DESIGN.md)."""
+
+    semantic_dim: int = 128  # d_s (512 in the paper; CPU-sized here)
+    graph_dim: int = 64
+    affinity_dim: int = 32
+    k: int = 8
+    heads: int = 4
+    cache_batch_size: int = 256
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=800, batch_size=64, lr=1e-3, warmup_steps=50,
+                                                                   shift_augment=0, checkpoint_every=200))
+
+    def __post_init__(self) -> None:
+        _positive(self, "semantic_dim", "graph_dim", "affinity_dim", "k", "heads", "cache_batch_size")
+
+
+@dataclass
+class DistillConfig(_Base):
+    """`actdistill distill`: routed student trained against the teacher cache (DESIGN.md "Losses")."""
+
+    rho: float = 0.5  # target fraction of decoder layers executed
+    alpha: float = 1.0  # semantic stream
+    beta: float = 1.0  # action stream
+    eta: float = 0.5  # relational term inside the semantic stream
+    gamma: float = 2.0  # layer-weight exponent
+    lambda_bal: float = 1.0
+    lambda_bud: float = 20.0
+    tau: float = 0.5
+    router_dim: int = 64
+    router_init_bias: float = 2.0
+    soft_warmup_steps: int = 100
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200, batch_size=64, lr=3e-4, warmup_steps=50,
+                                                                   shift_augment=0, checkpoint_every=200))
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.rho <= 1.0, f"DistillConfig.rho must be in (0, 1], got {self.rho}.")
+        _check(0.0 < self.tau < 1.0, f"DistillConfig.tau must be in (0, 1), got {self.tau}.")
+        for n in ("alpha", "beta", "eta", "gamma", "lambda_bal", "lambda_bud"):
+            _check(getattr(self, n) >= 0, f"DistillConfig.{n} must be >= 0.")
+        _positive(self, "router_dim")
+        _check(self.soft_warmup_steps >= 0, "DistillConfig.soft_warmup_steps must be >= 0.")
+
+
+@dataclass
+class ExportConfig(_Base):
+    """`actdistill export`: strip the graph parts; calibrate the gates on closed-loop rollouts from training placements."""
+
+    calibrate: bool = True
+    calib_episodes_per_task: int = 6
+    calib_rounds: int = 3
+    calib_margin: float = 0.02  # aim this far below rho: evaluation placements differ from calibration ones
+    max_steps: int = 300
+
+    def __post_init__(self) -> None:
+        _positive(self, "calib_episodes_per_task", "calib_rounds", "max_steps")
+        _check(0 <= self.calib_margin < 0.5, "ExportConfig.calib_margin must be in [0, 0.5).")
 
 
 @dataclass
@@ -232,6 +291,9 @@ class RunConfig(_Base):
     collect: CollectConfig = field(default_factory=CollectConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
         _check(self.teacher.model.image_size == self.collect.sim.image_size,
@@ -243,8 +305,12 @@ class RunConfig(_Base):
         return cls(
             out=out,
             collect=CollectConfig(demos_per_task=10),
-            teacher=TeacherConfig(train=TrainConfig(steps=1500, checkpoint_every=500)),
+            teacher=TeacherConfig(train=TrainConfig(steps=900, checkpoint_every=300)),
             eval=EvalConfig(episodes_per_task=5, max_steps=200),
+            probe=ProbeConfig(train=TrainConfig(steps=150, lr=1e-3, warmup_steps=20, shift_augment=0, checkpoint_every=150)),
+            distill=DistillConfig(soft_warmup_steps=30, train=TrainConfig(steps=250, lr=3e-4, warmup_steps=20,
+                                                                          shift_augment=0, checkpoint_every=250)),
+            export=ExportConfig(calib_episodes_per_task=3, calib_rounds=2, max_steps=200),
         )
 
 

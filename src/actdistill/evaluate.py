@@ -59,8 +59,11 @@ def _init_worker(spec: PolicySpec | None, policy: Any, threads: int) -> None:
 
 
 def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps: int, envs_cache: dict,
-                 keep_frames: int = 0) -> list[dict]:
-    """Run one lock-step group of episodes of `task`, one per placement seed."""
+                 keep_frames: int = 0, record_logits: bool = False) -> list[dict]:
+    """Run one lock-step group of episodes of `task`, one per placement seed.
+
+    `record_logits` keeps the router's gate logits of every live step (for budget calibration).
+    """
     from actdistill.sim.metaworld_env import MT10Env
 
     pool = envs_cache.setdefault(task, [])
@@ -75,6 +78,7 @@ def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps:
     layer_sum: np.ndarray | None = None
     calls = np.zeros(b, dtype=np.int64)
     frames: list[list[np.ndarray]] = [[] for _ in range(min(keep_frames, b))]
+    gate_logits: list[list[np.ndarray]] = [[] for _ in range(b)]
     policy.reset()
     for _t in range(max_steps):
         batch = {OBS_IMAGE: np.stack([o.image for o in obs]), OBS_STATE: np.stack([o.state for o in obs]),
@@ -89,6 +93,10 @@ def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps:
             layer_sum = np.zeros_like(m) if layer_sum is None else layer_sum
             layer_sum[active] += m[active]
             calls[active] += 1
+            if record_logits:
+                logits = policy.last_gate_logits().detach().cpu().numpy()  # (B, L)
+                for i in np.flatnonzero(active):
+                    gate_logits[i].append(logits[i])
         for i in np.flatnonzero(active):
             if i < len(frames):
                 frames[i].append(obs[i].image)
@@ -107,6 +115,8 @@ def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps:
             ep["layers_executed"] = layer_sum[i].tolist()
         if i < len(frames):
             ep["frames"] = frames[i]
+        if record_logits:
+            ep["gate_logits"] = np.stack(gate_logits[i]) if gate_logits[i] else np.zeros((0, 0))
         out.append(ep)
     return out
 
@@ -117,23 +127,30 @@ def _job(args: tuple) -> list[dict]:
 
 
 def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | None = None, name: str = "policy",
-             exclude_seeds: dict[str, list[int]] | None = None, progress: bool = True, seed_kind: str = "eval") -> dict:
-    """Closed-loop evaluation; returns (and writes under `out_dir`) per-task and mean success with 95% CIs."""
+             exclude_seeds: dict[str, list[int]] | None = None, progress: bool = True,
+             seeds_per_task: dict[str, list[int]] | None = None, record_logits: bool = False,
+             return_episodes: bool = False):
+    """Closed-loop evaluation; returns (and writes under `out_dir`) per-task and mean success with 95% CIs.
+
+    Placements are the held-out evaluation seeds unless `seeds_per_task` names others (calibration uses
+    training placements). `return_episodes` also returns the per-episode records.
+    """
     from actdistill.sim.metaworld_env import placement_seeds
 
     t0 = time.time()
-    seeds = placement_seeds(seed_kind, cfg.seed, cfg.episodes_per_task)
+    held_out = placement_seeds("eval", cfg.seed, cfg.episodes_per_task)
+    seeds = {t: list((seeds_per_task or {}).get(t, held_out))[: cfg.episodes_per_task] for t in sim.tasks}
     for task, used in (exclude_seeds or {}).items():
-        overlap = set(used) & set(seeds)
+        overlap = set(used) & set(seeds.get(task, []))
         if overlap:
             raise ValueError(f"Evaluation placement seeds overlap the {task} demonstrations ({len(overlap)} seeds); choose another eval.seed.")
     jobs = []
     for task in sim.tasks:
-        for g in range(0, len(seeds), cfg.batch_envs):
+        for g in range(0, len(seeds[task]), cfg.batch_envs):
             keep = max(0, cfg.gifs_per_task - g)
-            jobs.append((task, seeds[g:g + cfg.batch_envs], sim, cfg.max_steps, keep))
+            jobs.append((task, seeds[task][g:g + cfg.batch_envs], sim, cfg.max_steps, keep))
     episodes: list[dict] = []
-    bar = tqdm(total=len(seeds) * len(sim.tasks), desc=f"evaluate {name}", unit="ep", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=sum(len(v) for v in seeds.values()), desc=f"evaluate {name}", unit="ep", disable=not progress, dynamic_ncols=True)
 
     def _collect(results: list[dict]) -> None:
         episodes.extend(results)
@@ -142,6 +159,8 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
         bar.set_postfix(success=f"{np.mean(done):.2f}")
 
     is_spec = isinstance(policy_or_spec, PolicySpec)
+    if record_logits and cfg.workers > 1:
+        raise ValueError("Recording gate logits needs an in-process evaluation (workers=1).")
     if cfg.workers > 1 and is_spec:
         ctx = mp.get_context("spawn")
         threads = max(1, torch.get_num_threads() // cfg.workers)
@@ -153,7 +172,7 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
         envs: dict = {}
         try:
             for task, s, sim_, max_steps, keep in jobs:
-                _collect(run_episodes(policy, task, s, sim_, max_steps, envs, keep))
+                _collect(run_episodes(policy, task, s, sim_, max_steps, envs, keep, record_logits))
         finally:
             for pool_envs in envs.values():
                 for env in pool_envs:
@@ -164,7 +183,7 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
     result["seconds"] = round(time.time() - t0, 1)
     if out_dir is not None:
         write_results(result, episodes, Path(out_dir))
-    return result
+    return (result, episodes) if return_episodes else result
 
 
 def summarize(episodes: list[dict], tasks: tuple[str, ...], name: str, cfg: EvalConfig) -> dict:
@@ -221,7 +240,8 @@ def write_results(result: dict, episodes: list[dict], out_dir: Path) -> None:
     atomic_write_json(out_dir / RESULTS_FILE, result)
     tasks = tuple(result["success_per_task"])
     atomic_write_bytes(out_dir / RESULTS_TABLE, markdown_table([result], tasks).encode())
-    atomic_write_json(out_dir / "episodes.json", [{k: v for k, v in e.items() if k != "frames"} for e in episodes])
+    atomic_write_json(out_dir / "episodes.json",
+                      [{k: v for k, v in e.items() if k not in ("frames", "gate_logits")} for e in episodes])
     for e in episodes:
         if e.get("frames"):
             frames = [np.kron(f, np.ones((3, 3, 1), dtype=np.uint8)) for f in e["frames"]]

@@ -1,4 +1,4 @@
-"""`actdistill run`: collect -> train-teacher -> evaluate on the built-in MT10 setting.
+"""`actdistill run`: collect -> train-teacher -> evaluate -> probe -> distill -> export -> evaluate student.
 
 A stage whose output folder already holds a finished artifact made from the
 same config and inputs is reused (its header says so), so a rerun after a
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
-from actdistill.artifacts import atomic_write_json, hash_json, read_json
+from actdistill.artifacts import atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, write_header
 from actdistill.config import RunConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
 
@@ -26,52 +27,131 @@ def _finished(folder: Path, stage: str, config: dict, inputs: dict) -> dict | No
     return None
 
 
+class _Stages:
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def run(self, name: str, stage: str, folder: Path, config: dict, inputs: dict, fn: Callable[[], dict],
+            note: Callable[[dict], str], output: Callable[[dict], str]) -> dict:
+        header = _finished(folder, stage, config, inputs)
+        if header is None:
+            summary, status = fn(), "ran"
+        else:
+            summary, status = header["summary"], "reused"
+        self.rows.append({"stage": name, "status": status, "seconds": summary.get("seconds"), "note": note(summary),
+                          "output": output(summary)})
+        return summary
+
+
+def evaluate_stage(spec_path: Path, weights_hash: str, cfg: RunConfig, out_dir: Path, name: str, exclude: dict,
+                   progress: bool) -> dict:
+    from actdistill.evaluate import PolicySpec, evaluate
+
+    result = evaluate(PolicySpec(str(spec_path)), cfg.eval, cfg.collect.sim, out_dir, name=name, exclude_seeds=exclude,
+                      progress=progress)
+    summary = {"seconds": result["seconds"], "row": result}
+    write_header(out_dir, make_header("evaluate", {"eval": cfg.eval.to_dict(), "sim": cfg.collect.sim.to_dict()},
+                                      inputs={"policy": weights_hash}, summary=summary))
+    return summary
+
+
 def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     from actdistill.collect import collect
     from actdistill.data.hdf5 import read_demos
-    from actdistill.evaluate import PolicySpec, evaluate
+    from actdistill.distill.stage import run_distill
+    from actdistill.export import run_export
+    from actdistill.probe.stage import run_probe
     from actdistill.teacher import train_teacher
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / CONFIG_FILE, cfg.to_dict())
-    stages: list[dict] = []
+    st = _Stages()
     t_start = time.time()
+    eval_key = {"eval": cfg.eval.to_dict(), "sim": cfg.collect.sim.to_dict()}
 
-    # 1. collect
     col_dir = out / "collect"
-    header = _finished(col_dir, "collect", cfg.collect.to_dict(), {})
-    if header is None:
-        summary = collect(cfg.collect, col_dir, progress=progress)
-        status = "ran"
-    else:
-        summary, status = header["summary"], "reused"
-    stages.append({"stage": "collect", "status": status, "seconds": summary["seconds"], "output": str(col_dir / DATASET_FILE),
-                   "note": f"{summary['demos']} demos, {summary['frames']} frames"})
-    demos = read_demos(col_dir / DATASET_FILE)
+    data_path = col_dir / DATASET_FILE
+    st.run("collect", "collect", col_dir, cfg.collect.to_dict(), {}, lambda: collect(cfg.collect, col_dir, progress),
+           lambda s: f"{s['demos']} demos, {s['frames']} frames", lambda s: str(data_path))
+    demos = read_demos(data_path)
+    seeds_used = demos.attrs.get("placement_seeds")
+    fp = demos.fingerprint
+    del demos  # the stages below read the file themselves
 
-    # 2. train-teacher
     teacher_dir = out / "teacher"
-    header = _finished(teacher_dir, "train-teacher", cfg.teacher.to_dict(), {"dataset": demos.fingerprint})
-    if header is None:
-        summary = train_teacher(cfg.teacher, col_dir / DATASET_FILE, teacher_dir, progress=progress)
-        status = "ran"
-    else:
-        summary, status = header["summary"], "reused"
-    stages.append({"stage": "train-teacher", "status": status, "seconds": summary["seconds"], "output": summary["weights"],
-                   "note": f"{summary['parameters'] / 1e6:.2f}M params, {summary['steps']} steps, {summary['passes']} passes, loss {summary['final_loss']}"})
+    st.run("train-teacher", "train-teacher", teacher_dir, cfg.teacher.to_dict(), {"dataset": fp},
+           lambda: train_teacher(cfg.teacher, data_path, teacher_dir, progress),
+           lambda s: f"{s['parameters'] / 1e6:.2f}M params, {s['steps']} steps ({s['passes']} passes), loss {s['final_loss']}",
+           lambda s: s["weights"])
+    teacher_hash = read_json(teacher_dir / HEADER_FILE, "the teacher header")["weights_hash"]
 
-    # 3. evaluate
-    eval_dir = out / "eval-teacher"
-    t0 = time.time()
-    result = evaluate(PolicySpec(str(teacher_dir)), cfg.eval, cfg.collect.sim, eval_dir, name="teacher",
-                      exclude_seeds=demos.attrs.get("placement_seeds"), progress=progress)
-    stages.append({"stage": "evaluate teacher", "status": "ran", "seconds": round(time.time() - t0, 1),
-                   "output": str(eval_dir / RESULTS_FILE), "note": f"success {result['success_mean']:.3f}"})
+    ev_t = st.run("evaluate teacher", "evaluate", out / "eval-teacher", eval_key, {"policy": teacher_hash},
+                  lambda: evaluate_stage(teacher_dir, teacher_hash, cfg, out / "eval-teacher", "teacher", seeds_used, progress),
+                  lambda s: f"success {s['row']['success_mean']:.3f}", lambda s: str(out / "eval-teacher" / RESULTS_FILE))
 
-    rows = [result]
+    probe_dir = out / "probe"
+    st.run("probe", "probe", probe_dir, cfg.probe.to_dict(), {"teacher": teacher_hash, "dataset": fp},
+           lambda: run_probe(cfg.probe, teacher_dir, data_path, probe_dir, progress),
+           lambda s: f"L_prep {s['final_loss']}, probe MSE layer0 {s['probe_mse_per_layer'][0]:.4f} -> last {s['probe_mse_per_layer'][-1]:.4f}",
+           lambda s: s["cache"])
+    cache_fp = read_json(probe_dir / HEADER_FILE, "the probe header")["fingerprint"]
+
+    rho = cfg.distill.rho
+    distill_dir = out / f"distill-rho{rho}"
+    st.run("distill", "distill", distill_dir, cfg.distill.to_dict(), {"teacher": teacher_hash, "cache": cache_fp},
+           lambda: run_distill(cfg.distill, teacher_dir, probe_dir, data_path, distill_dir, progress),
+           lambda s: f"train keep ratio {s['train_keep_ratio']:.2f}, task loss {s['final'].get('task', float('nan')):.4f}",
+           lambda s: s["weights"])
+    student_hash = read_json(distill_dir / HEADER_FILE, "the distill header")["weights_hash"]
+
+    export_dir = out / f"student-rho{rho}"
+    st.run("export + calibrate", "export", export_dir, cfg.export.to_dict(), {"student": student_hash},
+           lambda: run_export(cfg.export, distill_dir, data_path, export_dir, cfg.collect.sim, progress),
+           lambda s: f"gate shift {s['gate_shift']:+.3f}, calibration frac " + "/".join(
+               f"{c['layers_executed_frac']:.2f}" for c in s["calibration"]), lambda s: s["weights"])
+    exported_hash = read_json(export_dir / HEADER_FILE, "the export header")["weights_hash"]
+
+    name = f"actdistill-rho{rho}"
+    ev_s = st.run("evaluate student", "evaluate", out / f"eval-{name}", eval_key, {"policy": exported_hash},
+                  lambda: evaluate_stage(export_dir, exported_hash, cfg, out / f"eval-{name}", name, seeds_used, progress),
+                  lambda s: f"success {s['row']['success_mean']:.3f}, layers {s['row']['layers_executed_frac']:.2f}",
+                  lambda s: str(out / f"eval-{name}" / RESULTS_FILE))
+
+    rows = [ev_t["row"], ev_s["row"]]
+    usage_md = layer_usage_report(ev_s["row"], out / f"eval-{name}")
     results = {"benchmark": "metaworld-MT10", "config": cfg.to_dict(), "rows": rows,
-               "stage_seconds": {s["stage"]: s["seconds"] for s in stages}}
+               "stage_seconds": {s["stage"]: s["seconds"] for s in st.rows}}
     atomic_write_json(out / "mt10.json", results)
-    total = round(time.time() - t_start, 1)
-    return {"stages": stages, "rows": rows, "results": str(out / "mt10.json"), "wall_seconds": total}
+    return {"stages": st.rows, "rows": rows, "results": str(out / "mt10.json"), "layer_usage": usage_md,
+            "heatmap": str(out / f"eval-{name}" / "layer_usage.png"), "wall_seconds": round(time.time() - t_start, 1)}
+
+
+def layer_usage_report(row: dict, out_dir: Path) -> str:
+    """Tasks x layers matrix of the fraction of policy calls that executed each layer: markdown + heatmap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    usage = row["layer_usage_per_task"]
+    tasks = list(usage)
+    mat = np.array([usage[t] for t in tasks])
+    n_layers = mat.shape[1]
+    lines = ["| task | " + " | ".join(f"L{l}" for l in range(n_layers)) + " | mean |", "|---" * (n_layers + 2) + "|"]
+    for t, r in zip(tasks, mat):
+        lines.append(f"| {t.replace('-v3', '')} | " + " | ".join(f"{v:.2f}" for v in r) + f" | {r.mean():.2f} |")
+    md = "\n".join(lines) + "\n"
+    atomic_write_bytes(out_dir / "layer_usage.md", md.encode())
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * n_layers, 0.5 + 0.4 * len(tasks)))
+    im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(n_layers), [str(l) for l in range(n_layers)])
+    ax.set_yticks(range(len(tasks)), [t.replace("-v3", "") for t in tasks])
+    ax.set_xlabel("decoder layer")
+    ax.set_title(f"{row['name']}: fraction of policy calls executing each layer")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(out_dir / "layer_usage.png", dpi=150)
+    plt.close(fig)
+    return md

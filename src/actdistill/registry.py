@@ -16,4 +16,8 @@ def load_policy(folder: Path):
         from actdistill.teacher import load_teacher
 
         return load_teacher(folder)[0]
+    if stage == "export":
+        from actdistill.export import load_student
+
+        return load_student(folder)
     raise ArtifactError(f"{folder} holds a '{stage}' artifact, which is not a policy; point to a teacher or an exported student.")

@@ -1,0 +1,68 @@
+"""ActDistill losses as pure functions of tensors (DESIGN.md "Losses").
+
+Shapes: B batch, L layers, d_s semantic dim, C chunk length, A = 4 action dims.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def layer_weights(num_layers: int, gamma: float = 2.0) -> torch.Tensor:
+    """w_l = (l / (L-1))^gamma rescaled to mean 1 (layer 0 weighs 0: deep layers carry the action)."""
+    if num_layers == 1:
+        return torch.ones(1)
+    w = (torch.arange(num_layers, dtype=torch.float32) / (num_layers - 1)) ** gamma
+    return w / w.mean()
+
+
+def cosine_matrix(z: torch.Tensor) -> torch.Tensor:
+    """(B, d) -> (B, B) pairwise cosine similarities (the batch's relational structure)."""
+    zn = F.normalize(z, dim=-1)
+    return zn @ zn.T
+
+
+def semantic_loss(z_s: torch.Tensor, z_t: torch.Tensor, w: torch.Tensor, eta: float = 0.5) -> torch.Tensor:
+    """L_sem = sum_l w_l [ mean_b (1 - cos(z_l^S, z_l^T)) + eta * MSE(C_l^S, C_l^T) ].  z_*: (B, L, d_s)."""
+    total = z_s.new_zeros(())
+    for l in range(z_s.shape[1]):
+        cos = 1.0 - F.cosine_similarity(z_s[:, l], z_t[:, l], dim=-1).mean()
+        rel = F.mse_loss(cosine_matrix(z_s[:, l]), cosine_matrix(z_t[:, l]))
+        total = total + w[l] * (cos + eta * rel)
+    return total
+
+
+def _mse(pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+    """MSE over valid chunk steps. pred, target: (B, C, A); pad: (B, C) bool."""
+    err = (pred - target).pow(2).mean(-1)  # (B, C)
+    if pad is None:
+        return err.mean()
+    valid = (~pad).float()
+    return (err * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def action_stream_loss(a_s: torch.Tensor, a_gt: torch.Tensor, a_t: torch.Tensor, w: torch.Tensor,
+                       pad: torch.Tensor | None = None) -> torch.Tensor:
+    """Triple MSE: L_act = sum_l w_l [ MSE(a_l^S, a_gt) + MSE(a_l^S, a_l^T) + MSE(a_l^S, stopgrad(a_{l-1}^S)) ].
+
+    a_s, a_t: (B, L, C, A); a_gt: (B, C, A); a_{-1}^S = 0.
+    """
+    total = a_s.new_zeros(())
+    prev = torch.zeros_like(a_s[:, 0])
+    for l in range(a_s.shape[1]):
+        cur = a_s[:, l]
+        total = total + w[l] * (_mse(cur, a_gt, pad) + _mse(cur, a_t[:, l], pad) + _mse(cur, prev.detach(), pad))
+        prev = cur
+    return total
+
+
+def balance_loss(gates: torch.Tensor) -> torch.Tensor:
+    """L_bal = mean_l (gbar_l - mean(gbar))^2 with gbar_l the batch mean of g_l.  gates: (B, L)."""
+    gbar = gates.mean(0)
+    return (gbar - gbar.mean()).pow(2).mean()
+
+
+def budget_loss(gates: torch.Tensor, rho: float) -> torch.Tensor:
+    """L_bud = (mean over batch and layers of g - rho)^2: the user's compute budget."""
+    return (gates.mean() - rho).pow(2)

@@ -1,0 +1,90 @@
+"""`actdistill distill`: train the routed student against the teacher cache (DESIGN.md "Losses").
+
+L = L_task + alpha L_sem + beta L_act + lambda_bal L_bal + lambda_bud L_bud, with the teacher's
+per-layer targets read from the fingerprinted cache by sample id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, make_header,
+                                  read_json, write_header)
+from actdistill.config import DistillConfig
+from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE, SAMPLE_ID, WEIGHTS_FILE
+from actdistill.data.dataset import FrameDataset
+from actdistill.data.hdf5 import read_demos
+from actdistill.distill.losses import (action_stream_loss, balance_loss, budget_loss, layer_weights, semantic_loss)
+from actdistill.distill.routing import RoutedStudent
+from actdistill.models.vla import action_loss
+from actdistill.probe.stage import load_probe_artifact
+from actdistill.teacher import load_teacher
+from actdistill.training import train_loop
+
+
+def distill_loss(student: RoutedStudent, batch: dict, cache, cfg: DistillConfig, soft: bool) -> tuple[torch.Tensor, dict]:
+    out = student.forward_train(batch, soft=soft)
+    z_t, a_t = cache.lookup(batch[SAMPLE_ID])
+    z_t, a_t = z_t.to(out["action"].device), a_t.to(out["action"].device)
+    w = layer_weights(student.num_layers, cfg.gamma).to(out["action"].device)
+    pad = batch.get(ACTION_PAD)
+    l_task = action_loss(out["action"], batch[ACTION], pad)
+    l_sem = semantic_loss(out["semantic"], z_t, w, cfg.eta)
+    l_act = action_stream_loss(out["probe_action"], batch[ACTION], a_t, w, pad)
+    g = out["gates"]
+    l_bal = balance_loss(g)
+    l_bud = budget_loss(g, cfg.rho)
+    loss = l_task + cfg.alpha * l_sem + cfg.beta * l_act + cfg.lambda_bal * l_bal + cfg.lambda_bud * l_bud
+    logs = {"loss": loss.item(), "task": l_task.item(), "sem": l_sem.item(), "act": l_act.item(), "bal": l_bal.item(),
+            "bud": l_bud.item(), "keep": (g >= student.tau).float().mean().item(), "g": g.mean().item()}
+    return loss, logs
+
+
+def run_distill(cfg: DistillConfig, teacher_dir: Path, probe_dir: Path, dataset_path: Path, out_dir: Path,
+                progress: bool = True, stop_after: int | None = None) -> dict:
+    out_dir = Path(out_dir)
+    teacher, tinfo = load_teacher(teacher_dir)
+    teacher_hash = tinfo["header"]["weights_hash"]
+    demos = read_demos(dataset_path)
+    probes, cache, _ = load_probe_artifact(probe_dir, teacher, teacher_hash, demos.fingerprint)
+    data = FrameDataset(demos, teacher.config.chunk_size, tuple(tinfo["tasks"]))
+    if len(data) != cache.sample_ids.numel():
+        raise ArtifactError(f"The teacher cache holds {cache.sample_ids.numel()} samples but the dataset {len(data)}; run `actdistill probe` again.")
+    torch.manual_seed(cfg.train.seed)
+    student = RoutedStudent.from_teacher(teacher, probes, router_dim=cfg.router_dim, tau=cfg.tau,
+                                         init_bias=cfg.router_init_bias)
+
+    def loss_fn(model, batch, step):
+        return distill_loss(model, batch, cache, cfg, soft=step < cfg.soft_warmup_steps)
+
+    result = train_loop(model=student, dataset=data, cfg=cfg.train, out_dir=out_dir, stage="distill", loss_fn=loss_fn,
+                        identity={"distill": cfg.to_dict(), "teacher": teacher_hash, "cache": cache.fingerprint},
+                        progress=progress, stop_after=stop_after)
+    if result.steps < cfg.train.steps:
+        return {"stopped_at": result.steps}
+    weights = student.state_dict()
+    atomic_save_tensors(out_dir / WEIGHTS_FILE, weights)
+    atomic_write_json(out_dir / CONFIG_FILE, {"distill": cfg.to_dict(), "model": teacher.config.to_dict(),
+                                             "probe": read_json(Path(probe_dir) / CONFIG_FILE, "the probe config"),
+                                             "tasks": tinfo["tasks"]})
+    gate_means = _gate_means(student, data)
+    last = result.history[-1] if result.history else {}
+    summary = {"weights": str(out_dir / WEIGHTS_FILE), "steps": result.steps, "seconds": round(result.seconds, 1),
+               "final": {k: round(v, 5) for k, v in last.items() if isinstance(v, float)},
+               "train_keep_ratio": round(float(gate_means.mean()), 4),
+               "gate_mean_per_layer": [round(float(v), 4) for v in gate_means]}
+    write_header(out_dir, make_header("distill", cfg.to_dict(), inputs={"teacher": teacher_hash, "cache": cache.fingerprint},
+                                      weights_hash=hash_tensors(weights), summary=summary))
+    return summary
+
+
+@torch.no_grad()
+def _gate_means(student: RoutedStudent, data: FrameDataset, n: int = 2048) -> torch.Tensor:
+    """Per-layer fraction of training frames whose gate is on (hard), over an evenly spread subset."""
+    idx = torch.linspace(0, len(data) - 1, min(n, len(data))).long()
+    masks = []
+    for chunk in idx.split(256):
+        masks.append(student.layer_mask(student.vla.embed(data.batch(chunk))).float())
+    return torch.cat(masks).mean(0)

@@ -1,0 +1,146 @@
+"""`actdistill probe`: train E_l, P_l on the frozen teacher, then write the teacher cache (DESIGN.md "Teacher probing").
+
+L_prep = mean_l MSE(P_l(E_l(h_l)), a_gt). After training, one deterministic pass over every
+training frame (no augmentation) writes z_l^T and a_l^T, keyed by sample id. The per-layer probe
+error (table + plot) shows at which depth the teacher's action forms.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_bytes, atomic_write_json, hash_tensors,
+                                  load_tensors, make_header, read_header, read_json, write_header)
+from actdistill.cache import CACHE_FILE, TeacherCache
+from actdistill.config import ProbeConfig
+from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE
+from actdistill.data.dataset import FrameDataset
+from actdistill.data.hdf5 import read_demos
+from actdistill.distill.losses import _mse
+from actdistill.models.vla import ReferenceVLA
+from actdistill.probe.graph import LayerProbes
+from actdistill.teacher import load_teacher
+from actdistill.training import train_loop
+
+PROBES_FILE = "probes.safetensors"
+
+
+def build_probes(cfg: ProbeConfig, teacher: ReferenceVLA) -> LayerProbes:
+    mc = teacher.config
+    return LayerProbes(mc.num_layers, mc.hidden_size, mc.chunk_size, cfg.semantic_dim, cfg.graph_dim, cfg.affinity_dim,
+                       cfg.k, cfg.heads)
+
+
+def teacher_hidden(teacher: ReferenceVLA, batch: dict) -> list[torch.Tensor]:
+    with torch.no_grad():
+        _, hidden = teacher.backbone(teacher.embed(batch), return_hidden=True)
+    return hidden
+
+
+def prep_loss(probe_actions: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_prep = mean_l MSE(a_l, a_gt); also returns the per-layer errors (L,)."""
+    per_layer = torch.stack([_mse(probe_actions[:, l], batch[ACTION], batch.get(ACTION_PAD))
+                             for l in range(probe_actions.shape[1])])
+    return per_layer.mean(), per_layer
+
+
+def run_probe(cfg: ProbeConfig, teacher_dir: Path, dataset_path: Path, out_dir: Path, progress: bool = True,
+              stop_after: int | None = None) -> dict:
+    out_dir = Path(out_dir)
+    teacher, tinfo = load_teacher(teacher_dir)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    demos = read_demos(dataset_path)
+    if tinfo["header"]["inputs"].get("dataset") != demos.fingerprint:
+        raise ArtifactError(f"The teacher in {teacher_dir} was trained on another dataset than {dataset_path}; "
+                            "probe it with the dataset it was trained on.")
+    data = FrameDataset(demos, teacher.config.chunk_size, tuple(tinfo["tasks"]))
+    torch.manual_seed(cfg.train.seed)
+    probes = build_probes(cfg, teacher)
+
+    def loss_fn(model, batch, step):
+        _, a = model(teacher_hidden(teacher, batch))
+        loss, per_layer = prep_loss(a, batch)
+        return loss, {"l_prep": loss.item(), "first": per_layer[0].item(), "last": per_layer[-1].item()}
+
+    teacher_hash = tinfo["header"]["weights_hash"]
+    result = train_loop(model=probes, dataset=data, cfg=cfg.train, out_dir=out_dir, stage="probe", loss_fn=loss_fn,
+                        identity={"probe": cfg.to_dict(), "teacher": teacher_hash, "dataset": data.fingerprint},
+                        progress=progress, stop_after=stop_after)
+    if result.steps < cfg.train.steps:
+        return {"stopped_at": result.steps}
+
+    # One deterministic pass over every frame writes the cache.
+    t0 = time.time()
+    probes.eval()
+    n = len(data)
+    sem, act, err_sum = [], [], torch.zeros(teacher.num_layers)
+    with torch.no_grad():
+        for start in tqdm(range(0, n, cfg.cache_batch_size), desc="teacher cache", disable=not progress):
+            idx = torch.arange(start, min(start + cfg.cache_batch_size, n))
+            batch = data.batch(idx)
+            z, a = probes(teacher_hidden(teacher, batch))
+            _, per_layer = prep_loss(a, batch)
+            err_sum += per_layer * len(idx)
+            sem.append(z)
+            act.append(a)
+    probe_weights = probes.state_dict()
+    heads_hash = hash_tensors(probe_weights)
+    fingerprint = {"teacher_weights": teacher_hash, "dataset": data.fingerprint, "heads": heads_hash}
+    cache = TeacherCache(torch.cat(sem), torch.cat(act), torch.arange(n), fingerprint)
+    cache.save(out_dir / CACHE_FILE)
+    atomic_save_tensors(out_dir / PROBES_FILE, probe_weights)
+    atomic_write_json(out_dir / CONFIG_FILE, cfg.to_dict())
+
+    layer_err = (err_sum / n).tolist()
+    report_probe_error(layer_err, out_dir)
+    summary = {"probes": str(out_dir / PROBES_FILE), "cache": str(out_dir / CACHE_FILE), "samples": n,
+               "steps": result.steps, "train_seconds": round(result.seconds, 1), "cache_seconds": round(time.time() - t0, 1),
+               "seconds": round(result.seconds + time.time() - t0, 1), "final_loss": round(result.final_loss, 5),
+               "probe_mse_per_layer": [round(e, 5) for e in layer_err],
+               "parameters": sum(p.numel() for p in probes.parameters())}
+    write_header(out_dir, make_header("probe", cfg.to_dict(), inputs={"teacher": teacher_hash, "dataset": data.fingerprint},
+                                      fingerprint=fingerprint, summary=summary))
+    return summary
+
+
+def report_probe_error(layer_err: list[float], out_dir: Path) -> None:
+    """Table and plot of each layer's probe action error: where the teacher's action forms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = ["| layer | probe action MSE (training frames) |", "|---|---|"]
+    lines += [f"| {l} | {e:.5f} |" for l, e in enumerate(layer_err)]
+    atomic_write_bytes(out_dir / "probe_error.md", ("\n".join(lines) + "\n").encode())
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(range(len(layer_err)), layer_err, marker="o")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("probe action MSE")
+    ax.set_title("Action error of the per-layer probe vs depth")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "probe_error.png", dpi=150)
+    plt.close(fig)
+
+
+def load_probe_artifact(probe_dir: Path, teacher: ReferenceVLA, teacher_hash: str, dataset_fp: str) -> tuple[LayerProbes, TeacherCache, dict]:
+    """The trained probes and the cache, checked against the teacher and dataset at hand."""
+    probe_dir = Path(probe_dir)
+    header = read_header(probe_dir, "probe")
+    cfg = ProbeConfig.from_dict(read_json(probe_dir / CONFIG_FILE, "the probe config"))
+    probes = build_probes(cfg, teacher)
+    weights = load_tensors(probe_dir / PROBES_FILE, "the probe weights")
+    heads_hash = hash_tensors(weights)
+    try:
+        probes.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ArtifactError(f"The probes in {probe_dir} do not fit this teacher ({str(err).splitlines()[0]}); probe it again.") from err
+    expect = {"teacher_weights": teacher_hash, "dataset": dataset_fp, "heads": heads_hash}
+    cache = TeacherCache.load(probe_dir / CACHE_FILE, expect)
+    return probes, cache, header

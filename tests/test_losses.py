@@ -1,0 +1,54 @@
+"""Each ActDistill loss equals its formula on a small hand-computed case."""
+
+import math
+
+import pytest
+import torch
+
+from actdistill.distill.losses import (action_stream_loss, balance_loss, budget_loss, cosine_matrix, layer_weights,
+                                       semantic_loss)
+
+
+def test_layer_weights_gamma2_mean_one_layer0_zero():
+    w = layer_weights(3, 2.0)  # raw (0, 1/4, 1), mean 5/12
+    torch.testing.assert_close(w, torch.tensor([0.0, 0.6, 2.4]))
+    assert w.mean().item() == pytest.approx(1.0)
+
+
+def test_relational_term_on_three_samples():
+    z_s = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    z_t = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    c_s = torch.tensor([[1, 0, 1 / math.sqrt(2)], [0, 1, 1 / math.sqrt(2)], [1 / math.sqrt(2), 1 / math.sqrt(2), 1]])
+    c_t = torch.tensor([[1.0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    torch.testing.assert_close(cosine_matrix(z_s), c_s)
+    rel = ((c_s - c_t) ** 2).mean().item()
+    cos = 1 - (1 + 0 + 1 / math.sqrt(2)) / 3
+    w = torch.tensor([2.0])
+    got = semantic_loss(z_s[:, None], z_t[:, None], w, eta=0.5).item()
+    assert got == pytest.approx(2.0 * (cos + 0.5 * rel), rel=1e-6)
+
+
+def test_triple_mse_uses_zero_previous_action_for_layer0():
+    a_gt = torch.tensor([[[1.0, 1, 1, 1]]])  # (B=1, C=1, A=4)
+    a_s = torch.tensor([[[[0.5] * 4]], [[[2.0] * 4]]]).view(1, 2, 1, 4)  # layer 0: 0.5, layer 1: 2.0
+    a_t = torch.tensor([[[[0.0] * 4]], [[[1.0] * 4]]]).view(1, 2, 1, 4)
+    w = torch.tensor([1.0, 3.0])
+    layer0 = (0.5 - 1) ** 2 + (0.5 - 0) ** 2 + (0.5 - 0) ** 2
+    layer1 = (2 - 1) ** 2 + (2 - 1) ** 2 + (2 - 0.5) ** 2
+    assert action_stream_loss(a_s, a_gt, a_t, w).item() == pytest.approx(1.0 * layer0 + 3.0 * layer1)
+
+
+def test_triple_mse_stops_the_gradient_into_the_previous_layer():
+    a_s = torch.zeros(1, 2, 1, 4, requires_grad=True)
+    target = torch.ones(1, 1, 4)
+    loss = action_stream_loss(a_s, target, torch.zeros(1, 2, 1, 4), torch.tensor([0.0, 1.0]))
+    loss.backward()
+    # layer 0 has weight 0 and is only a stop-gradient target of layer 1: no gradient reaches it
+    assert a_s.grad[0, 0].abs().sum().item() == 0.0 and a_s.grad[0, 1].abs().sum().item() > 0
+
+
+def test_balance_and_budget_terms():
+    g = torch.tensor([[1.0, 0.0, 0.5], [0.0, 0.0, 0.5]])  # gbar = (0.5, 0, 0.5), mean 1/3
+    expected_bal = ((0.5 - 1 / 3) ** 2 + (1 / 3) ** 2 + (0.5 - 1 / 3) ** 2) / 3
+    assert balance_loss(g).item() == pytest.approx(expected_bal)
+    assert budget_loss(g, 0.5).item() == pytest.approx((2 / 6 - 0.5) ** 2)

@@ -1,0 +1,102 @@
+"""probe -> distill -> export on the tiny teacher (real files, real fingerprints)."""
+
+import json
+
+import pytest
+import torch
+
+from actdistill.artifacts import ArtifactError, load_tensors
+from actdistill.cache import CACHE_FILE, TeacherCache
+from actdistill.config import DistillConfig, ExportConfig, ProbeConfig, SimConfig, TrainConfig
+from actdistill.distill.stage import run_distill
+from actdistill.export import _student_from_distill, load_student, run_export
+from actdistill.probe.stage import run_probe
+from tests.conftest import TINY_TASKS
+
+PROBE = ProbeConfig(semantic_dim=16, graph_dim=16, affinity_dim=8, k=4,
+                    train=TrainConfig(steps=10, batch_size=16, lr=3e-3, warmup_steps=1, shift_augment=0, checkpoint_every=10))
+DISTILL = DistillConfig(rho=0.3, router_dim=8, router_init_bias=0.0, lambda_bud=50.0, soft_warmup_steps=2,
+                        train=TrainConfig(steps=12, batch_size=16, lr=3e-3, warmup_steps=1, shift_augment=0, checkpoint_every=6))
+
+
+@pytest.fixture(scope="module")
+def probed(tiny_teacher, tiny_demos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe")
+    summary = run_probe(PROBE, tiny_teacher, tiny_demos, out, progress=False)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def distilled(tiny_teacher, tiny_demos, probed, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distill")
+    summary = run_distill(DISTILL, tiny_teacher, probed[0], tiny_demos, out, progress=False)
+    return out, summary
+
+
+def test_probe_writes_a_fingerprinted_cache_for_every_sample(probed, tiny_teacher):
+    out, s = probed
+    header = json.loads((out / "header.json").read_text())
+    fp = header["fingerprint"]
+    assert set(fp) == {"teacher_weights", "dataset", "heads"}
+    cache = TeacherCache.load(out / CACHE_FILE, fp)
+    assert cache.semantic.shape == (s["samples"], 4, 16) and cache.probe_action.shape == (s["samples"], 4, 4, 4)
+    torch.testing.assert_close(cache.sample_ids, torch.arange(s["samples"]))
+    assert len(s["probe_mse_per_layer"]) == 4 and (out / "probe_error.png").stat().st_size > 1000
+    z, a = cache.lookup(torch.tensor([5, 0]))
+    torch.testing.assert_close(z[1], cache.semantic[0])
+
+
+def test_mismatched_cache_is_refused(probed):
+    out, _ = probed
+    fp = json.loads((out / "header.json").read_text())["fingerprint"]
+    with pytest.raises(ArtifactError, match="written for another teacher_weights"):
+        TeacherCache.load(out / CACHE_FILE, {**fp, "teacher_weights": "0000"})
+
+
+def test_distill_refuses_a_cache_of_another_teacher(probed, tiny_demos, tmp_path):
+    from actdistill.teacher import train_teacher
+    from tests.conftest import tiny_teacher_config
+
+    other = tmp_path / "other-teacher"
+    torch.manual_seed(5)
+    train_teacher(tiny_teacher_config(steps=3), tiny_demos, other, progress=False)
+    with pytest.raises(ArtifactError, match="another teacher_weights"):
+        run_distill(DISTILL, other, probed[0], tiny_demos, tmp_path / "d", progress=False)
+
+
+def test_distilled_student_skips_layers(distilled):
+    _, s = distilled
+    assert s["train_keep_ratio"] < 1.0
+    assert len(s["gate_mean_per_layer"]) == 4
+    for k in ("task", "sem", "act", "bal", "bud", "keep"):
+        assert k in s["final"]
+
+
+def test_export_drops_graph_parts_and_matches_the_trained_student(distilled, tiny_demos, tmp_path):
+    out, _ = distilled
+    trained = load_tensors(out / "model.safetensors", "w")
+    assert any(k.startswith("probes.") for k in trained)
+    s = run_export(ExportConfig(calibrate=False), out, tiny_demos, tmp_path / "x", SimConfig(tasks=TINY_TASKS, image_size=32),
+                   progress=False)
+    saved = load_tensors(tmp_path / "x" / "model.safetensors", "x")
+    assert not any(k.startswith("probes.") for k in saved)
+    assert s["parameters"] < sum(v.numel() for v in trained.values())
+    exported = load_student(tmp_path / "x")
+    reference, _, _ = _student_from_distill(out)
+    from tests.test_routing import _batch
+
+    b = _batch(exported.vla.config, 4)
+    assert torch.equal(exported.predict(b), reference.predict(b))
+
+
+def test_export_calibrates_to_the_budget(distilled, tiny_demos, tmp_path):
+    out, _ = distilled
+    cfg = ExportConfig(calib_episodes_per_task=2, calib_rounds=2, max_steps=12, calib_margin=0.02)
+    s = run_export(cfg, out, tiny_demos, tmp_path / "x", SimConfig(tasks=TINY_TASKS, image_size=32), progress=False)
+    hist = s["calibration"]
+    fracs = [h["layers_executed_frac"] for h in hist]
+    in_band = 0.3 - 2 * 0.02 - 0.02 <= fracs[0] <= 0.3
+    # one round if the budget was already met; otherwise the shift moved the closed-loop fraction towards it
+    assert (len(hist) == 1 and in_band) or (len(hist) == 2 and abs(fracs[1] - 0.28) <= abs(fracs[0] - 0.28))
+    student = load_student(tmp_path / "x")
+    assert float(student.router.gate_bias[0]) == pytest.approx(s["gate_shift"])
