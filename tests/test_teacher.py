@@ -54,3 +54,12 @@ def test_tampered_weights_are_refused(tiny_teacher, tmp_path):
     save_file(w, str(copy / "model.safetensors"))
     with pytest.raises(ArtifactError, match="do not match its header"):
         load_teacher(copy)
+
+
+def test_a_folder_of_another_stage_is_refused(tiny_demos, tmp_path):
+    from actdistill.registry import load_policy
+
+    with pytest.raises(ArtifactError, match="holds a 'collect' artifact"):
+        load_teacher(tiny_demos.parent)
+    with pytest.raises(ArtifactError, match="not a policy"):
+        load_policy(tiny_demos.parent)

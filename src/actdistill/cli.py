@@ -165,6 +165,15 @@ def cmd_run(args) -> None:
     print_table(s["stages"], ["stage", "status", "seconds", "note", "output"], "pipeline")
     rows = _success_rows(s["rows"])
     print_table(rows, list(rows[0]), "closed-loop success on held-out placements")
+    c = s["cost"]
+    print_table([{"policy": "teacher", "decoder GFLOPs": f"{c['teacher_decoder_gflops']:.4f}",
+                  "policy GFLOPs": f"{c['teacher_policy_gflops']:.4f}", "median latency ms": f"{c['teacher_latency_ms']:.2f}",
+                  "speedup": "1.00", "ideal speedup": "1.00"},
+                 {"policy": s["rows"][1]["name"], "decoder GFLOPs": f"{c['student_decoder_gflops']:.4f}",
+                  "policy GFLOPs": f"{c['student_policy_gflops']:.4f}", "median latency ms": f"{c['student_latency_ms']:.2f}",
+                  "speedup": f"{c['speedup']:.2f}", "ideal speedup": f"{c['ideal_speedup']:.2f}"}],
+                ["policy", "decoder GFLOPs", "policy GFLOPs", "median latency ms", "speedup", "ideal speedup"],
+                f"cost per action query at batch 1 ({c['frames']} training frames, teacher and student interleaved)")
     print("\nlayer usage of the student per task (fraction of policy calls executing each layer)")
     print(s["layer_usage"])
     print(f"results: {s['results']}   heatmap: {s['heatmap']}   wall time of this run {s['wall_seconds'] / 60:.1f} min")

@@ -237,9 +237,10 @@ class DistillConfig(_Base):
     lambda_bud: float = 20.0
     tau: float = 0.5
     router_dim: int = 64
-    router_init_bias: float = 2.0
+    router_init_bias: float = 1.0  # sigmoid(1) = 0.73: the student starts with every layer on, near the threshold
+    router_lr_scale: float = 10.0  # router learning rate = this x train.lr
     soft_warmup_steps: int = 100
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200, batch_size=64, lr=3e-4, warmup_steps=50,
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200, batch_size=64, lr=2e-4, warmup_steps=50,
                                                                    shift_augment=0, checkpoint_every=200))
 
     def __post_init__(self) -> None:
@@ -247,7 +248,7 @@ class DistillConfig(_Base):
         _check(0.0 < self.tau < 1.0, f"DistillConfig.tau must be in (0, 1), got {self.tau}.")
         for n in ("alpha", "beta", "eta", "gamma", "lambda_bal", "lambda_bud"):
             _check(getattr(self, n) >= 0, f"DistillConfig.{n} must be >= 0.")
-        _positive(self, "router_dim")
+        _positive(self, "router_dim", "router_lr_scale")
         _check(self.soft_warmup_steps >= 0, "DistillConfig.soft_warmup_steps must be >= 0.")
 
 
@@ -308,7 +309,7 @@ class RunConfig(_Base):
             teacher=TeacherConfig(train=TrainConfig(steps=900, checkpoint_every=300)),
             eval=EvalConfig(episodes_per_task=5, max_steps=200),
             probe=ProbeConfig(train=TrainConfig(steps=150, lr=1e-3, warmup_steps=20, shift_augment=0, checkpoint_every=150)),
-            distill=DistillConfig(soft_warmup_steps=30, train=TrainConfig(steps=250, lr=3e-4, warmup_steps=20,
+            distill=DistillConfig(soft_warmup_steps=30, train=TrainConfig(steps=250, lr=2e-4, warmup_steps=20,
                                                                           shift_augment=0, checkpoint_every=250)),
             export=ExportConfig(calib_episodes_per_task=3, calib_rounds=2, max_steps=200),
         )

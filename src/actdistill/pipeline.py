@@ -118,13 +118,33 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
                   lambda s: f"success {s['row']['success_mean']:.3f}, layers {s['row']['layers_executed_frac']:.2f}",
                   lambda s: str(out / f"eval-{name}" / RESULTS_FILE))
 
+    cost = measure_cost(teacher_dir, export_dir, data_path)
+    ev_s["row"].update(decoder_gflops=round(cost["student_decoder_gflops"], 5), policy_gflops=round(cost["student_policy_gflops"], 5),
+                       latency_ms_median=round(cost["student_latency_ms"], 3), speedup=round(cost["speedup"], 3),
+                       ideal_speedup=round(cost["ideal_speedup"], 3))
+    ev_t["row"].update(decoder_gflops=round(cost["teacher_decoder_gflops"], 5), policy_gflops=round(cost["teacher_policy_gflops"], 5),
+                       latency_ms_median=round(cost["teacher_latency_ms"], 3), layers_executed_frac=1.0)
     rows = [ev_t["row"], ev_s["row"]]
     usage_md = layer_usage_report(ev_s["row"], out / f"eval-{name}")
     results = {"benchmark": "metaworld-MT10", "config": cfg.to_dict(), "rows": rows,
                "stage_seconds": {s["stage"]: s["seconds"] for s in st.rows}}
     atomic_write_json(out / "mt10.json", results)
-    return {"stages": st.rows, "rows": rows, "results": str(out / "mt10.json"), "layer_usage": usage_md,
+    return {"stages": st.rows, "rows": rows, "results": str(out / "mt10.json"), "layer_usage": usage_md, "cost": cost,
             "heatmap": str(out / f"eval-{name}" / "layer_usage.png"), "wall_seconds": round(time.time() - t_start, 1)}
+
+
+def measure_cost(teacher_dir: Path, student_dir: Path, data_path: Path) -> dict:
+    """FLOPs and interleaved batch-1 latency of teacher and student on 40 training frames (all tasks)."""
+    from actdistill.bench.cost import compare_cost, sample_frames
+    from actdistill.data.dataset import FrameDataset
+    from actdistill.data.hdf5 import read_demos
+    from actdistill.export import load_student
+    from actdistill.teacher import load_teacher
+
+    teacher, info = load_teacher(teacher_dir)
+    student = load_student(student_dir)
+    data = FrameDataset(read_demos(data_path), teacher.config.chunk_size, tuple(info["tasks"]))
+    return compare_cost(teacher, student, sample_frames(data))
 
 
 def layer_usage_report(row: dict, out_dir: Path) -> str:

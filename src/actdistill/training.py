@@ -92,6 +92,7 @@ def train_loop(
     stage: str,
     loss_fn: Callable[[nn.Module, dict, int], tuple[torch.Tensor, dict]] | None = None,
     params: list[nn.Parameter] | None = None,
+    extra_groups: list[tuple[list[nn.Parameter], float]] | None = None,
     identity: dict | None = None,
     progress: bool = True,
     stop_after: int | None = None,
@@ -99,6 +100,7 @@ def train_loop(
     """Train `params` (default: all of `model`) for `cfg.steps` steps, resuming from `out_dir/ckpt` if present.
 
     `loss_fn(model, batch, step) -> (loss, logs)` defaults to `model(batch)`.
+    `extra_groups` are (parameters, learning-rate multiplier) pairs trained beside `params`.
     `identity` (JSON-able) is stored with each checkpoint; a checkpoint of another run is refused.
     `stop_after` ends the loop early at that step (after checkpointing), to test kill-and-resume.
     """
@@ -112,11 +114,14 @@ def train_loop(
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
     loss_fn = loss_fn or (lambda m, b, s: m(b))
-    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    groups = [(list(params if params is not None else model.parameters()), 1.0)] + list(extra_groups or [])
+    opt_groups = []
+    for group_params, lr_scale in groups:
+        group_params = [p for p in group_params if p.requires_grad]
+        opt_groups += [{"params": [p for p in group_params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": cfg.lr * lr_scale},
+                       {"params": [p for p in group_params if p.ndim < 2], "weight_decay": 0.0, "lr": cfg.lr * lr_scale}]
+    params = [p for g in opt_groups for p in g["params"]]
+    opt = torch.optim.AdamW(opt_groups, lr=cfg.lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup_steps))
     identity_hash = hash_json({"stage": stage, "train": cfg.to_dict(), **(identity or {})})
 
@@ -162,7 +167,7 @@ def train_loop(
         if step % 50 == 0 or step == cfg.steps - 1:
             rec = {"step": step, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm), **logs}
             history.append(rec)
-            bar.set_postfix({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in logs.items() if k != "step"})
+            bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if isinstance(v, float)})
         done = step + 1
         if (done % cfg.checkpoint_every == 0 or done == end) and accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)

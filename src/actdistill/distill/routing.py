@@ -130,8 +130,8 @@ class RoutedStudent(PolicyMixin, nn.Module):
 
     def predict_chunk(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         h0 = self.vla.embed(batch)
-        mask = self.layer_mask(h0)
         self._last_logits = self.router.logits(h0)
+        mask = torch.sigmoid(self._last_logits) >= self.tau
         return self.vla.action_head(self.routed_decode(h0, mask)).clamp(-1.0, 1.0), mask
 
     def last_gate_logits(self) -> torch.Tensor:

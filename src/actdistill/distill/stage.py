@@ -38,7 +38,8 @@ def distill_loss(student: RoutedStudent, batch: dict, cache, cfg: DistillConfig,
     l_bud = budget_loss(g, cfg.rho)
     loss = l_task + cfg.alpha * l_sem + cfg.beta * l_act + cfg.lambda_bal * l_bal + cfg.lambda_bud * l_bud
     logs = {"loss": loss.item(), "task": l_task.item(), "sem": l_sem.item(), "act": l_act.item(), "bal": l_bal.item(),
-            "bud": l_bud.item(), "keep": (g >= student.tau).float().mean().item(), "g": g.mean().item()}
+            "bud": l_bud.item(), "keep": (g >= student.tau).float().mean().item(), "g": g.mean().item(),
+            "gate_on_per_layer": [round(v, 3) for v in (g >= student.tau).float().mean(0).tolist()]}
     return loss, logs
 
 
@@ -59,7 +60,12 @@ def run_distill(cfg: DistillConfig, teacher_dir: Path, probe_dir: Path, dataset_
     def loss_fn(model, batch, step):
         return distill_loss(model, batch, cache, cfg, soft=step < cfg.soft_warmup_steps)
 
+    # The router learns faster than the copied weights: it starts from scratch and must move its gates
+    # from "all on" to the budget within one short distillation.
+    router_params = list(student.router.parameters())
+    rest = [p for n, p in student.named_parameters() if not n.startswith("router.")]
     result = train_loop(model=student, dataset=data, cfg=cfg.train, out_dir=out_dir, stage="distill", loss_fn=loss_fn,
+                        params=rest, extra_groups=[(router_params, cfg.router_lr_scale)],
                         identity={"distill": cfg.to_dict(), "teacher": teacher_hash, "cache": cache.fingerprint},
                         progress=progress, stop_after=stop_after)
     if result.steps < cfg.train.steps:

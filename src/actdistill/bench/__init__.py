@@ -1,0 +1,1 @@
+"""Measuring what a policy costs: FLOPs per action query and latency (benchmark issue groundwork)."""
