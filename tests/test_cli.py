@@ -64,3 +64,33 @@ def test_tiny_end_to_end_run_through_the_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "run", "--config", str(tmp_path / "cfg.json"),
                            "--no-progress"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.count("reused") == 7  # every stage
+
+
+def test_tiny_bench_on_a_tiny_run(tmp_path):
+    """Every baseline builds, trains a few steps and is evaluated by the same evaluator; the results validate."""
+    test_tiny_end_to_end_run_through_the_cli(tmp_path)
+    bench = {"actdistill_budgets": [0.5, 0.7], "baseline_budgets": [0.5],
+             "eval": {"episodes_per_task": 2, "max_steps": 8, "workers": 1}, "latency_repeats": 3, "latency_frames": 4,
+             "bootstrap_samples": 50, "scratch_compute_scale": 0.2}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "bench", "--run", str(tmp_path / "run"), "--config",
+                           str(tmp_path / "bench.json"), "--no-progress"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "run" / "bench" / "mt10.json").read_text())
+    names = [r["name"] for r in res["rows"]]
+    assert names == ["teacher", "actdistill-rho0.5", "actdistill-rho0.7", "static-prune-rho0.5", "router-kd-rho0.5",
+                     "early-exit-rho0.5", "scratch-rho0.5"]
+    required = {"name", "success_mean", "success_ci95", "success_per_task", "success_hard", "episodes_per_task",
+                "layers_executed_frac", "decoder_gflops", "policy_gflops", "latency_ms_median", "speedup", "ideal_speedup"}
+    for r in res["rows"]:
+        assert required <= set(r), required - set(r)
+        assert r["episodes_per_task"] == 2 and len(r["success_ci95"]) == 2
+        assert 0 < r["policy_gflops"] and 0 <= r["decoder_gflops"] <= r["policy_gflops"]
+        has_delta = not r["name"].startswith(("teacher", "actdistill"))
+        assert ("delta_vs_actdistill" in r) == has_delta
+        if has_delta:
+            mean, lo, hi = r["delta_vs_actdistill"]
+            assert lo <= mean <= hi
+    teacher = res["rows"][0]
+    assert teacher["speedup"] == 1.0 and teacher["ideal_speedup"] == 1.0 and teacher["layers_executed_frac"] == 1.0
+    assert (tmp_path / "run" / "bench" / "pareto.png").stat().st_size > 1000

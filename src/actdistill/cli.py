@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from actdistill.artifacts import ArtifactError
-from actdistill.config import (CollectConfig, ConfigError, DistillConfig, EvalConfig, ExportConfig, ProbeConfig,
+from actdistill.config import (BenchConfig, CollectConfig, ConfigError, DistillConfig, EvalConfig, ExportConfig, ProbeConfig,
                                RunConfig, SimConfig, TeacherConfig, apply_overrides)
 from actdistill.models.policy import ObservationError
 
@@ -154,6 +154,18 @@ def cmd_export(args) -> None:
     print(f"\nwrote {s['weights']} (no extractor or probe parameters; {s['parameters'] / 1e6:.2f}M parameters)")
 
 
+def cmd_bench(args) -> None:
+    from actdistill.bench.run import run_bench
+
+    cfg = _build_config(BenchConfig, args, {"episodes": "eval.episodes_per_task", "compile": "compile"})
+    r = run_bench(Path(args.run), cfg, progress=not args.no_progress)
+    print_table(r["stages"], ["stage", "status", "seconds", "note"], "bench stages")
+    from actdistill.bench.run import bench_table
+
+    print("\n" + bench_table(r["rows"]))
+    print(f"results: {Path(args.run) / 'bench' / 'mt10.json'} (+ mt10.md, pareto.png)")
+
+
 def cmd_run(args) -> None:
     from actdistill.pipeline import run_pipeline
 
@@ -257,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--camera", default="corner2")
     _common(x)
     x.set_defaults(func=cmd_export)
+
+    bn = sub.add_parser("bench", help="teacher, ActDistill students and baselines at the same budgets: success, FLOPs, latency.",
+                        description="Benchmark on a finished `actdistill run` folder; finished rows are reused by fingerprint.")
+    bn.add_argument("--run", required=True, help="folder of a finished `actdistill run` (runs/default).")
+    bn.add_argument("--episodes", type=int, help="episodes per task (default 30).")
+    bn.add_argument("--compile", action="store_true", default=None, help="also measure latency under torch.compile.")
+    _common(bn)
+    bn.set_defaults(func=cmd_bench)
 
     r = sub.add_parser("run", help="the whole pipeline on the built-in MT10 setting, with a summary.",
                        description="collect -> train-teacher -> evaluate -> probe -> distill -> export -> evaluate student; "

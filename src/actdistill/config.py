@@ -285,6 +285,29 @@ class EvalConfig(_Base):
 
 
 @dataclass
+class BenchConfig(_Base):
+    """`actdistill bench`: teacher, ActDistill students and the simpler ways to spend the same compute."""
+
+    actdistill_budgets: tuple[float, ...] = (0.3, 0.5, 0.7)
+    baseline_budgets: tuple[float, ...] = (0.3, 0.5)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes_per_task=30))
+    scratch_compute_scale: float = 1.0  # scratch training FLOPs = this x (teacher + distillation) training FLOPs
+    latency_repeats: int = 50
+    latency_frames: int = 40
+    bootstrap_samples: int = 2000
+    compile: bool = False  # also measure latency under torch.compile
+
+    def __post_init__(self) -> None:
+        self.actdistill_budgets = tuple(self.actdistill_budgets)
+        self.baseline_budgets = tuple(self.baseline_budgets)
+        for r in self.actdistill_budgets + self.baseline_budgets:
+            _check(0.0 < r <= 1.0, f"BenchConfig budgets must be in (0, 1], got {r}.")
+        for r in self.baseline_budgets:
+            _check(r in self.actdistill_budgets, f"BenchConfig.baseline_budgets: {r} has no ActDistill row to match.")
+        _positive(self, "scratch_compute_scale", "latency_repeats", "latency_frames", "bootstrap_samples")
+
+
+@dataclass
 class RunConfig(_Base):
     """`actdistill run`: the whole pipeline on the built-in MT10 setting."""
 

@@ -78,18 +78,25 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
     if cfg.calibrate:
         sim = SimConfig(tasks=tuple(dist_cfg["tasks"]), camera=sim.camera, image_size=student.image_size)
         history = calibrate(student, rho, cfg, sim, training_placements(dataset_path), progress)
+    summary = save_student(student, out_dir, dist_cfg["model"], dist_cfg["distill"]["router_dim"], rho, dist_cfg["tasks"],
+                           cfg.to_dict(), {"student": dheader["weights_hash"]}, {"calibration": history})
+    summary["seconds"] = round(time.time() - t0, 1)
+    write_header(out_dir, {**read_json(out_dir / "header.json", "the export header"), "summary": summary})
+    return summary
+
+
+def save_student(student: RoutedStudent, out_dir: Path, model_cfg: dict, router_dim: int, rho: float, tasks: list[str],
+                 config: dict, inputs: dict, extra: dict) -> dict:
+    """Write a deployable routed student (no graph parts) with its header; also used for routed baselines."""
     weights = student.state_dict()
     leaked = [k for k in weights if k.startswith("probes.")]
     assert not leaked, leaked  # the exported student never carries graph parts
     atomic_save_tensors(out_dir / WEIGHTS_FILE, weights)
-    atomic_write_json(out_dir / CONFIG_FILE, {"model": dist_cfg["model"], "router_dim": dist_cfg["distill"]["router_dim"],
-                                             "tau": student.tau, "rho": rho, "tasks": dist_cfg["tasks"]})
-    summary = {"weights": str(out_dir / WEIGHTS_FILE), "rho": rho, "calibration": history,
-               "gate_shift": float(student.router.gate_bias[0]),
-               "parameters": sum(p.numel() for p in student.parameters()),
-               "seconds": round(time.time() - t0, 1)}
-    write_header(out_dir, make_header("export", cfg.to_dict(), inputs={"student": dheader["weights_hash"]},
-                                      weights_hash=hash_tensors(weights), summary=summary))
+    atomic_write_json(out_dir / CONFIG_FILE, {"model": model_cfg, "router_dim": router_dim, "tau": student.tau,
+                                             "rho": rho, "tasks": tasks})
+    summary = {"weights": str(out_dir / WEIGHTS_FILE), "rho": rho, "gate_shift": float(student.router.gate_bias[0]),
+               "parameters": sum(p.numel() for p in student.parameters()), **extra}
+    write_header(out_dir, make_header("export", config, inputs=inputs, weights_hash=hash_tensors(weights), summary=summary))
     return summary
 
 

@@ -20,4 +20,8 @@ def load_policy(folder: Path):
         from actdistill.export import load_student
 
         return load_student(folder)
+    if stage == "early-exit":
+        from actdistill.bench.baselines import load_early_exit
+
+        return load_early_exit(folder)
     raise ArtifactError(f"{folder} holds a '{stage}' artifact, which is not a policy; point to a teacher or an exported student.")

@@ -148,3 +148,19 @@ def choose_exit_threshold(policy: EarlyExitPolicy, data, target_frac: float, cou
             hi = mid
     policy.threshold = hi
     return hi
+
+
+def load_early_exit(folder) -> EarlyExitPolicy:
+    """An early-exit policy artifact: the teacher, its trained per-layer probes and the exit threshold."""
+    from pathlib import Path
+
+    from actdistill.artifacts import load_tensors, read_json
+    from actdistill.config import ProbeConfig
+    from actdistill.probe.stage import PROBES_FILE, build_probes
+    from actdistill.teacher import load_teacher
+
+    cfg = read_json(Path(folder) / "config.json", "the early-exit config")
+    teacher, _ = load_teacher(Path(cfg["teacher"]))
+    probes = build_probes(ProbeConfig.from_dict(read_json(Path(cfg["probe"]) / "config.json", "the probe config")), teacher)
+    probes.load_state_dict(load_tensors(Path(cfg["probe"]) / PROBES_FILE, "the probe weights"))
+    return EarlyExitPolicy(teacher, probes.eval(), cfg["threshold"]).eval()

@@ -1,0 +1,267 @@
+"""`actdistill bench`: every method at every budget on the same data, placements and episodes.
+
+Rows: teacher; actdistill-rho<r> for each budget; at each baseline budget static-prune, router-kd,
+early-exit and scratch, each matched to the compute the ActDistill student of that budget executes in
+closed loop. Columns: success (per task, mean with 95% CI, hard tasks), the paired difference to the
+ActDistill row of the same budget (paired bootstrap over the same placements), executed-layer fraction,
+decoder and policy FLOPs per action query, batch-1 latency measured interleaved in one process, speedup,
+ideal speedup. Finished rows whose config and inputs are unchanged are reused by fingerprint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from actdistill.artifacts import atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, write_header
+from actdistill.config import BenchConfig, RunConfig, TeacherConfig
+from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
+from actdistill.pipeline import _Stages
+
+
+def paired_bootstrap(a: dict[str, list[int]], b: dict[str, list[int]], samples: int, seed: int = 0) -> list[float]:
+    """Mean over tasks of (a - b) success with a 95% CI, resampling episodes (placements) within each task."""
+    rng = np.random.default_rng(seed)
+    tasks = list(a)
+    diffs = [np.asarray(a[t], float) - np.asarray(b[t], float) for t in tasks]
+    point = float(np.mean([d.mean() for d in diffs]))
+    boots = np.mean([d[rng.integers(0, len(d), (samples, len(d)))].mean(1) for d in diffs], axis=0)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return [point, float(lo), float(hi)]
+
+
+def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
+    from actdistill.bench.baselines import (EarlyExitPolicy, choose_exit_threshold, layer_input_similarity,
+                                            router_kd_loss, static_prune_student, task_loss)
+    from actdistill.data.dataset import FrameDataset
+    from actdistill.data.hdf5 import read_demos
+    from actdistill.distill.routing import RoutedStudent
+    from actdistill.distill.stage import run_distill
+    from actdistill.evaluate import PolicySpec, evaluate
+    from actdistill.export import calibrate, run_export, save_student, training_placements
+    from actdistill.probe.stage import load_probe_artifact
+    from actdistill.teacher import load_teacher, train_teacher
+    from actdistill.training import train_loop
+
+    run_dir = Path(run_dir)
+    rc = RunConfig.from_dict(read_json(run_dir / CONFIG_FILE, "the run config"))
+    out = run_dir / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    data_path, teacher_dir, probe_dir = run_dir / "collect" / DATASET_FILE, run_dir / "teacher", run_dir / "probe"
+    teacher, tinfo = load_teacher(teacher_dir)
+    teacher_hash = tinfo["header"]["weights_hash"]
+    tasks = tuple(tinfo["tasks"])
+    sim = rc.collect.sim
+    demos = read_demos(data_path)
+    seeds_used = demos.attrs.get("placement_seeds")
+    data = FrameDataset(demos, teacher.config.chunk_size, tasks)
+    probes, cache, _ = load_probe_artifact(probe_dir, teacher, teacher_hash, data.fingerprint)
+    st = _Stages()
+    eval_key = {"eval": cfg.eval.to_dict(), "sim": sim.to_dict()}
+    rows: dict[str, dict] = {}
+    policies: dict[str, Path] = {}
+
+    def evaluate_row(name: str, folder: Path, weights_hash: str) -> None:
+        def fn() -> dict:
+            r = evaluate(PolicySpec(str(folder)), cfg.eval, sim, out / f"eval-{name}", name=name,
+                         exclude_seeds=seeds_used, progress=progress)
+            s = {"seconds": r["seconds"], "row": r}
+            write_header(out / f"eval-{name}", make_header("evaluate", eval_key, {"policy": weights_hash}, summary=s))
+            return s
+
+        s = st.run(f"evaluate {name}", "evaluate", out / f"eval-{name}", eval_key, {"policy": weights_hash}, fn,
+                   lambda s: f"success {s['row']['success_mean']:.3f}", lambda s: str(out / f"eval-{name}" / RESULTS_FILE))
+        rows[name] = s["row"]
+        policies[name] = folder
+
+    def weights_hash_of(folder: Path) -> str:
+        return read_json(folder / HEADER_FILE, "a header")["weights_hash"]
+
+    evaluate_row("teacher", teacher_dir, teacher_hash)
+
+    # ActDistill students at every budget
+    for rho in cfg.actdistill_budgets:
+        dcfg = dataclasses.replace(rc.distill, rho=rho)
+        ddir, xdir = out / f"distill-rho{rho}", out / f"student-rho{rho}"
+        st.run(f"distill rho={rho}", "distill", ddir, dcfg.to_dict(), {"teacher": teacher_hash, "cache": cache.fingerprint},
+               lambda: run_distill(dcfg, teacher_dir, probe_dir, data_path, ddir, progress),
+               lambda s: f"keep {s['train_keep_ratio']:.2f}", lambda s: s["weights"])
+        st.run(f"export rho={rho}", "export", xdir, rc.export.to_dict(), {"student": weights_hash_of(ddir)},
+               lambda: run_export(rc.export, ddir, data_path, xdir, sim, progress),
+               lambda s: f"shift {s['gate_shift']:+.2f}", lambda s: s["weights"])
+        evaluate_row(f"actdistill-rho{rho}", xdir, weights_hash_of(xdir))
+
+    # Baselines, each matched to the closed-loop compute of the ActDistill student of its budget
+    similarity = layer_input_similarity(teacher, data) if cfg.baseline_budgets else None
+    n_layers = teacher.num_layers
+    seeds = training_placements(data_path)
+    for rho in cfg.baseline_budgets:
+        frac = rows[f"actdistill-rho{rho}"]["layers_executed_frac"]
+        keep = max(1, int(round(frac * n_layers)))
+        steps = rc.distill.train.steps
+
+        # static pruning + task-loss fine-tuning
+        name, folder = f"static-prune-rho{rho}", out / f"static-prune-rho{rho}"
+        key = {"keep": keep, "train": rc.distill.train.to_dict(), "similarity": similarity.tolist()}
+
+        def static_fn(folder=folder, keep=keep, rho=rho, key=key) -> dict:
+            t0 = time.time()
+            student = static_prune_student(teacher, keep, similarity)
+            train_loop(model=student, dataset=data, cfg=rc.distill.train, out_dir=folder, stage="static-prune",
+                       loss_fn=lambda m, b, s: task_loss(m, b), identity={"key": key, "teacher": teacher_hash},
+                       progress=progress)
+            return {**save_student(student.eval(), folder, teacher.config.to_dict(), 8, rho, list(tasks), key,
+                                   {"teacher": teacher_hash}, {"kept_layers": sorted(torch.argsort(similarity)[:keep].tolist())}),
+                    "seconds": round(time.time() - t0, 1)}
+
+        st.run(f"static-prune rho={rho}", "export", folder, key, {"teacher": teacher_hash}, static_fn,
+               lambda s: f"layers {s['kept_layers']}", lambda s: s["weights"])
+        evaluate_row(name, folder, weights_hash_of(folder))
+
+        # router with action-only distillation (no graph supervision), same budget and calibration
+        name, folder = f"router-kd-rho{rho}", out / f"router-kd-rho{rho}"
+        dcfg = dataclasses.replace(rc.distill, rho=rho)
+        key = {"distill": dcfg.to_dict(), "export": rc.export.to_dict()}
+
+        def kd_fn(folder=folder, dcfg=dcfg, key=key) -> dict:
+            t0 = time.time()
+            torch.manual_seed(dcfg.train.seed)
+            student = RoutedStudent.from_teacher(teacher, None, router_dim=dcfg.router_dim, tau=dcfg.tau,
+                                                 init_bias=dcfg.router_init_bias)
+            rest = [p for n, p in student.named_parameters() if not n.startswith("router.")]
+            train_loop(model=student, dataset=data, cfg=dcfg.train, out_dir=folder, stage="router-kd",
+                       loss_fn=lambda m, b, s: router_kd_loss(m, teacher, b, dcfg.rho, dcfg.beta, dcfg.lambda_bal, dcfg.lambda_bud),
+                       params=rest, extra_groups=[(list(student.router.parameters()), dcfg.router_lr_scale)],
+                       identity={"key": key, "teacher": teacher_hash}, progress=progress)
+            student.eval()
+            history = calibrate(student, dcfg.rho, rc.export, sim, seeds, progress) if rc.export.calibrate else []
+            return {**save_student(student, folder, teacher.config.to_dict(), dcfg.router_dim, dcfg.rho, list(tasks), key,
+                                   {"teacher": teacher_hash}, {"calibration": history}), "seconds": round(time.time() - t0, 1)}
+
+        st.run(f"router-kd rho={rho}", "export", folder, key, {"teacher": teacher_hash}, kd_fn,
+               lambda s: f"shift {s['gate_shift']:+.2f}", lambda s: s["weights"])
+        evaluate_row(name, folder, weights_hash_of(folder))
+
+        # early exit on the teacher's own probes
+        name, folder = f"early-exit-rho{rho}", out / f"early-exit-rho{rho}"
+        key = {"target_frac": frac}
+
+        def exit_fn(folder=folder, frac=frac, key=key) -> dict:
+            t0 = time.time()
+            policy = EarlyExitPolicy(teacher, probes, threshold=0.0).eval()
+            thr = choose_exit_threshold(policy, data, frac)
+            atomic_write_json(folder / CONFIG_FILE, {"teacher": str(teacher_dir), "probe": str(probe_dir), "threshold": thr})
+            s = {"threshold": thr, "seconds": round(time.time() - t0, 1)}
+            write_header(folder, make_header("early-exit", key, {"teacher": teacher_hash, "heads": cache.fingerprint["heads"]},
+                                             weights_hash=hash_json({"teacher": teacher_hash, "thr": thr}), summary=s))
+            return s
+
+        st.run(f"early-exit rho={rho}", "early-exit", folder, key, {"teacher": teacher_hash, "heads": cache.fingerprint["heads"]},
+               exit_fn, lambda s: f"threshold {s['threshold']:.4f}", lambda s: str(folder))
+        evaluate_row(name, folder, weights_hash_of(folder))
+
+        # a smaller model of the student's mean depth, from scratch, with the same training compute
+        name, folder = f"scratch-rho{rho}", out / f"scratch-rho{rho}"
+        t_steps = rc.teacher.train.steps * rc.teacher.train.batch_size
+        d_steps = rc.distill.train.steps * rc.distill.train.batch_size
+        scratch_steps = int(cfg.scratch_compute_scale * (t_steps + d_steps) * n_layers / keep / rc.teacher.train.batch_size)
+        scfg = TeacherConfig(model=dataclasses.replace(rc.teacher.model, num_layers=keep),
+                             train=dataclasses.replace(rc.teacher.train, steps=scratch_steps))
+        st.run(f"scratch rho={rho}", "train-teacher", folder, scfg.to_dict(), {"dataset": data.fingerprint},
+               lambda scfg=scfg, folder=folder: train_teacher(scfg, data_path, folder, progress),
+               lambda s: f"{keep} layers, {s['steps']} steps", lambda s: s["weights"])
+        evaluate_row(name, folder, weights_hash_of(folder))
+
+    results = finish_bench(rows, policies, cfg, tasks, data, out, rc)
+    results["stages"] = st.rows
+    return results
+
+
+def finish_bench(rows: dict, policies: dict, cfg: BenchConfig, tasks: tuple, data, out: Path, rc: RunConfig) -> dict:
+    from actdistill.bench.cost import sample_frames
+    from actdistill.bench.flops import policy_flops
+    from actdistill.bench.latency import interleaved_latency
+    from actdistill.registry import load_policy
+
+    teacher_row = rows["teacher"]
+    hard = [t for t in tasks if teacher_row["success_per_task"][t] < 0.9]
+    frames = sample_frames(data, cfg.latency_frames)
+    loaded = {n: load_policy(p) for n, p in policies.items()}
+    latency = interleaved_latency(loaded, frames, repeats=cfg.latency_repeats)
+    compiled = None
+    if cfg.compile:
+        compiled = interleaved_latency({n: _compiled(p) for n, p in loaded.items()}, frames, repeats=cfg.latency_repeats)
+    out_rows = []
+    for name, r in rows.items():
+        fl = [policy_flops(loaded[name], f) for f in frames]
+        dec = float(np.mean([x["decoder_flops"] for x in fl])) / 1e9
+        pol = float(np.mean([x["policy_flops"] for x in fl])) / 1e9
+        row = {k: v for k, v in r.items() if k not in ("per_episode_success",)}
+        row.update(success_hard=float(np.mean([r["success_per_task"][t] for t in hard])) if hard else None,
+                   layers_executed_frac=r.get("layers_executed_frac", 1.0), decoder_gflops=dec, policy_gflops=pol,
+                   latency_ms_median=latency[name], speedup=latency["teacher"] / latency[name])
+        if compiled:
+            row.update(latency_ms_median_compiled=compiled[name], speedup_compiled=compiled["teacher"] / compiled[name])
+        rho = name.split("-rho")[-1] if "-rho" in name else None
+        if rho and not name.startswith("actdistill") and f"actdistill-rho{rho}" in rows:
+            row["delta_vs_actdistill"] = paired_bootstrap(r["per_episode_success"],
+                                                          rows[f"actdistill-rho{rho}"]["per_episode_success"], cfg.bootstrap_samples)
+        out_rows.append(row)
+    t_pol = next(r["policy_gflops"] for r in out_rows if r["name"] == "teacher")
+    for r in out_rows:
+        r["ideal_speedup"] = t_pol / r["policy_gflops"]
+    results = {"benchmark": "metaworld-MT10", "config": {"run": rc.to_dict(), "bench": cfg.to_dict()}, "hard_tasks": hard,
+               "rows": out_rows}
+    atomic_write_json(out / "mt10.json", results)
+    atomic_write_bytes(out / "mt10.md", bench_table(out_rows).encode())
+    pareto_plot(out_rows, out / "pareto.png")
+    return results
+
+
+def _compiled(policy):
+    """A compiled copy (the eager policy stays as it is for FLOP counting)."""
+    policy = copy.deepcopy(policy)
+    policy.predict = torch.compile(policy.predict)
+    return policy
+
+
+def bench_table(rows: list[dict]) -> str:
+    head = ("| row | success (95% CI) | hard tasks | delta vs ActDistill [95% CI] | layers | decoder GFLOPs | "
+            "policy GFLOPs | latency ms | speedup | ideal |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        lo, hi = r["success_ci95"]
+        d = r.get("delta_vs_actdistill")
+        d_s = f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" if d else ""
+        hard = f"{r['success_hard']:.3f}" if r.get("success_hard") is not None else ""
+        lines.append(f"| {r['name']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {hard} | {d_s} | "
+                     f"{r['layers_executed_frac']:.2f} | {r['decoder_gflops']:.4f} | {r['policy_gflops']:.4f} | "
+                     f"{r['latency_ms_median']:.2f} | {r['speedup']:.2f} | {r['ideal_speedup']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    methods: dict[str, list] = {}
+    for r in rows:
+        methods.setdefault(r["name"].split("-rho")[0], []).append(r)
+    for m, rs in methods.items():
+        rs = sorted(rs, key=lambda r: r["policy_gflops"])
+        ax.plot([r["policy_gflops"] for r in rs], [r["success_mean"] for r in rs], marker="o", label=m)
+    ax.set_xlabel("policy GFLOPs per action query")
+    ax.set_ylabel("mean MT10 success")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
