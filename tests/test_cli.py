@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from safetensors.torch import load_file
 
 from actdistill.cli import main
@@ -30,7 +32,10 @@ def test_user_mistakes_get_one_sentence(tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # nothing was written for a rejected config
 
 
-def test_tiny_end_to_end_run_through_the_cli(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A whole tiny `actdistill run` through the CLI (two tasks, tiny model, a few steps per stage)."""
+    tmp_path = tmp_path_factory.mktemp("run")
     cfg = {
         "out": str(tmp_path / "run"),
         "collect": {"sim": {"tasks": ["reach-v3", "drawer-close-v3"], "image_size": 32}, "demos_per_task": 1,
@@ -49,6 +54,11 @@ def test_tiny_end_to_end_run_through_the_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "run", "--config", str(tmp_path / "cfg.json"),
                            "--no-progress"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return tmp_path, proc
+
+
+def test_tiny_end_to_end_run_through_the_cli(tiny_run):
+    tmp_path, proc = tiny_run
     assert "pipeline" in proc.stdout and "closed-loop success" in proc.stdout
     res = json.loads((tmp_path / "run" / "mt10.json").read_text())
     teacher, student = res["rows"]
@@ -66,9 +76,9 @@ def test_tiny_end_to_end_run_through_the_cli(tmp_path):
     assert proc.returncode == 0 and proc.stdout.count("reused") == 7  # every stage
 
 
-def test_tiny_bench_on_a_tiny_run(tmp_path):
+def test_tiny_bench_on_a_tiny_run(tiny_run):
     """Every baseline builds, trains a few steps and is evaluated by the same evaluator; the results validate."""
-    test_tiny_end_to_end_run_through_the_cli(tmp_path)
+    tmp_path, _ = tiny_run
     bench = {"actdistill_budgets": [0.5, 0.7], "baseline_budgets": [0.5],
              "eval": {"episodes_per_task": 2, "max_steps": 8, "workers": 1}, "latency_repeats": 3, "latency_frames": 4,
              "bootstrap_samples": 50, "scratch_compute_scale": 0.2}

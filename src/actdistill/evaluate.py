@@ -66,6 +66,9 @@ def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps:
     """
     from actdistill.sim.metaworld_env import MT10Env
 
+    for other in [t for t in envs_cache if t != task]:  # one task's environments at a time: each holds a renderer
+        for env in envs_cache.pop(other):
+            env.close()
     pool = envs_cache.setdefault(task, [])
     while len(pool) < len(seeds):
         pool.append(MT10Env(task, camera=sim.camera, image_size=sim.image_size, max_steps=max_steps))
