@@ -84,6 +84,16 @@ def load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
         raise ArtifactError(f"{what} at {path} is corrupt or truncated ({err}); delete it and rerun the stage that writes it.") from err
 
 
+def load_checked_weights(folder: Path, header: Mapping[str, Any], what: str, redo: str) -> dict[str, torch.Tensor]:
+    """`folder/model.safetensors`, refused unless it hashes to the `weights_hash` its header recorded."""
+    from actdistill.constants import WEIGHTS_FILE
+
+    weights = load_tensors(Path(folder) / WEIGHTS_FILE, what)
+    if hash_tensors(weights) != header.get("weights_hash"):
+        raise ArtifactError(f"The {what} in {folder} do not match its header (changed or partly written); {redo}.")
+    return weights
+
+
 def hash_json(obj: Any) -> str:
     """Stable short hash of a JSON-able object (configs)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import torch
 
-from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, load_tensors,
+from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, load_checked_weights,
                                   make_header, read_header, read_json, write_header)
 from actdistill.config import DistillConfig, EvalConfig, ExportConfig, ModelConfig, SimConfig
 from actdistill.constants import CONFIG_FILE, WEIGHTS_FILE
@@ -35,9 +35,7 @@ def _student_from_distill(distill_dir: Path) -> tuple[RoutedStudent, dict, dict]
     cfg_json = read_json(Path(distill_dir) / CONFIG_FILE, "the distill config")
     dcfg = DistillConfig.from_dict(cfg_json["distill"])
     mcfg = ModelConfig.from_dict(cfg_json["model"])
-    weights = load_tensors(Path(distill_dir) / WEIGHTS_FILE, "the distilled student")
-    if hash_tensors(weights) != header.get("weights_hash"):
-        raise ArtifactError(f"The student weights in {distill_dir} do not match its header; distill again.")
+    weights = load_checked_weights(distill_dir, header, "distilled student weights", "distill again")
     student = RoutedStudent(mcfg, router_dim=dcfg.router_dim, tau=dcfg.tau)
     kept = {k: v for k, v in weights.items() if not k.startswith("probes.")}
     student.load_state_dict(kept, strict=True)
@@ -105,9 +103,7 @@ def load_student(folder: Path) -> RoutedStudent:
     header = read_header(folder, "export")
     cfg = read_json(folder / CONFIG_FILE, "the student config")
     student = RoutedStudent(ModelConfig.from_dict(cfg["model"]), router_dim=cfg["router_dim"], tau=cfg["tau"])
-    weights = load_tensors(folder / WEIGHTS_FILE, "the student weights")
-    if hash_tensors(weights) != header.get("weights_hash"):
-        raise ArtifactError(f"The student weights in {folder} do not match its header; export it again.")
+    weights = load_checked_weights(folder, header, "student weights", "export it again")
     try:
         student.load_state_dict(weights, strict=True)
     except RuntimeError as err:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from actdistill.artifacts import atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, write_header
-from actdistill.config import RunConfig
+from actdistill.config import EvalConfig, RunConfig, SimConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
 
 
@@ -43,14 +43,15 @@ class _Stages:
         return summary
 
 
-def evaluate_stage(spec_path: Path, weights_hash: str, cfg: RunConfig, out_dir: Path, name: str, exclude: dict,
-                   progress: bool) -> dict:
+def evaluate_stage(spec_path: Path, weights_hash: str, eval_cfg: EvalConfig, sim: SimConfig, out_dir: Path, name: str,
+                   exclude: dict, progress: bool) -> dict:
+    """Evaluate a policy folder and stamp the result with a header keyed by eval config, sim and policy weights."""
     from actdistill.evaluate import PolicySpec, evaluate
 
-    result = evaluate(PolicySpec(str(spec_path)), cfg.eval, cfg.collect.sim, out_dir, name=name, exclude_seeds=exclude,
+    result = evaluate(PolicySpec(str(spec_path)), eval_cfg, sim, out_dir, name=name, exclude_seeds=exclude,
                       progress=progress)
     summary = {"seconds": result["seconds"], "row": result}
-    write_header(out_dir, make_header("evaluate", {"eval": cfg.eval.to_dict(), "sim": cfg.collect.sim.to_dict()},
+    write_header(out_dir, make_header("evaluate", {"eval": eval_cfg.to_dict(), "sim": sim.to_dict()},
                                       inputs={"policy": weights_hash}, summary=summary))
     return summary
 
@@ -87,7 +88,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     teacher_hash = read_json(teacher_dir / HEADER_FILE, "the teacher header")["weights_hash"]
 
     ev_t = st.run("evaluate teacher", "evaluate", out / "eval-teacher", eval_key, {"policy": teacher_hash},
-                  lambda: evaluate_stage(teacher_dir, teacher_hash, cfg, out / "eval-teacher", "teacher", seeds_used, progress),
+                  lambda: evaluate_stage(teacher_dir, teacher_hash, cfg.eval, cfg.collect.sim, out / "eval-teacher", "teacher",
+                                               seeds_used, progress),
                   lambda s: f"success {s['row']['success_mean']:.3f}", lambda s: str(out / "eval-teacher" / RESULTS_FILE))
 
     probe_dir = out / "probe"
@@ -114,7 +116,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
 
     name = f"actdistill-rho{rho}"
     ev_s = st.run("evaluate student", "evaluate", out / f"eval-{name}", eval_key, {"policy": exported_hash},
-                  lambda: evaluate_stage(export_dir, exported_hash, cfg, out / f"eval-{name}", name, seeds_used, progress),
+                  lambda: evaluate_stage(export_dir, exported_hash, cfg.eval, cfg.collect.sim, out / f"eval-{name}", name,
+                                               seeds_used, progress),
                   lambda s: f"success {s['row']['success_mean']:.3f}, layers {s['row']['layers_executed_frac']:.2f}",
                   lambda s: str(out / f"eval-{name}" / RESULTS_FILE))
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 
-from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, load_tensors,
+from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, load_checked_weights,
                                   make_header, read_header, read_json, write_header)
-from actdistill.config import ConfigError, ModelConfig, TeacherConfig
+from actdistill.config import ConfigError, TeacherConfig
 from actdistill.constants import CONFIG_FILE, WEIGHTS_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
@@ -58,9 +57,7 @@ def load_teacher(folder: Path) -> tuple[ReferenceVLA, dict]:
     tasks = cfg_json.pop("tasks", None)
     cfg = TeacherConfig.from_dict(cfg_json)
     model = ReferenceVLA(cfg.model)
-    weights = load_tensors(folder / WEIGHTS_FILE, "the teacher weights")
-    if hash_tensors(weights) != header.get("weights_hash"):
-        raise ArtifactError(f"The teacher weights in {folder} do not match its header (changed or partly written); train it again.")
+    weights = load_checked_weights(folder, header, "teacher weights", "train it again")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ArtifactError(f"{folder / WEIGHTS_FILE} is a checkpoint of another model ({len(missing)} missing, "

@@ -21,7 +21,7 @@ import torch
 from actdistill.artifacts import atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, write_header
 from actdistill.config import BenchConfig, RunConfig, TeacherConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
-from actdistill.pipeline import _Stages
+from actdistill.pipeline import _Stages, evaluate_stage
 
 
 def paired_bootstrap(a: dict[str, list[int]], b: dict[str, list[int]], samples: int, seed: int = 0) -> list[float]:
@@ -42,7 +42,6 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     from actdistill.data.hdf5 import read_demos
     from actdistill.distill.routing import RoutedStudent
     from actdistill.distill.stage import run_distill
-    from actdistill.evaluate import PolicySpec, evaluate
     from actdistill.export import calibrate, run_export, save_student, training_placements
     from actdistill.probe.stage import load_probe_artifact
     from actdistill.teacher import load_teacher, train_teacher
@@ -68,11 +67,7 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
 
     def evaluate_row(name: str, folder: Path, weights_hash: str) -> None:
         def fn() -> dict:
-            r = evaluate(PolicySpec(str(folder)), cfg.eval, sim, out / f"eval-{name}", name=name,
-                         exclude_seeds=seeds_used, progress=progress)
-            s = {"seconds": r["seconds"], "row": r}
-            write_header(out / f"eval-{name}", make_header("evaluate", eval_key, {"policy": weights_hash}, summary=s))
-            return s
+            return evaluate_stage(folder, weights_hash, cfg.eval, sim, out / f"eval-{name}", name, seeds_used, progress)
 
         s = st.run(f"evaluate {name}", "evaluate", out / f"eval-{name}", eval_key, {"policy": weights_hash}, fn,
                    lambda s: f"success {s['row']['success_mean']:.3f}", lambda s: str(out / f"eval-{name}" / RESULTS_FILE))
@@ -103,7 +98,6 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     for rho in cfg.baseline_budgets:
         frac = rows[f"actdistill-rho{rho}"]["layers_executed_frac"]
         keep = max(1, int(round(frac * n_layers)))
-        steps = rc.distill.train.steps
 
         # static pruning + task-loss fine-tuning
         name, folder = f"static-prune-rho{rho}", out / f"static-prune-rho{rho}"

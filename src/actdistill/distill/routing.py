@@ -72,7 +72,6 @@ class RoutedStudent(PolicyMixin, nn.Module):
         self.tau = tau
         self.image_size = model_config.image_size
         self.n_action_steps = model_config.n_action_steps
-        self.layer_calls = None  # optional per-layer call counter, for tests and profiling
         self.reset()
 
     @classmethod
@@ -113,8 +112,6 @@ class RoutedStudent(PolicyMixin, nn.Module):
             rows = mask[:, l].nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
-            if self.layer_calls is not None:
-                self.layer_calls[l] += 1
             if rows.numel() == b:
                 h = bb.layer(l, h, ctx)
             else:
