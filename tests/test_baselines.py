@@ -3,6 +3,7 @@ import torch
 
 from actdistill.bench.baselines import (EarlyExitPolicy, choose_exit_threshold, layer_input_similarity, router_kd_loss,
                                         static_prune_student, task_loss)
+from actdistill.config import DistillConfig
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
 from actdistill.probe.graph import LayerProbes
@@ -38,7 +39,7 @@ def test_router_kd_loss_has_no_graph_parts_and_reaches_the_router(setup):
 
     student = RoutedStudent.from_teacher(teacher, None, router_dim=8)
     batch = data.batch(torch.arange(8))
-    loss, logs = router_kd_loss(student, teacher, batch, rho=0.5, beta=1.0, lambda_bal=1.0, lambda_bud=10.0)
+    loss, logs = router_kd_loss(student, teacher, batch, DistillConfig(rho=0.5, lambda_bud=10.0))
     loss.backward()
     assert student.probes is None and student.router.gate.weight.grad.abs().sum() > 0
     assert {"task", "kd", "keep"} <= set(logs)

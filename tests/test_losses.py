@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from actdistill.distill.losses import (action_stream_loss, balance_loss, budget_loss, cosine_matrix, layer_weights,
+from actdistill.distill.losses import (action_stream_loss, balance_loss, budget_loss, cosine_matrix, gate_losses, layer_weights,
+                                      polarization_loss,
                                        semantic_loss)
 
 
@@ -52,3 +53,21 @@ def test_balance_and_budget_terms():
     expected_bal = ((0.5 - 1 / 3) ** 2 + (1 / 3) ** 2 + (0.5 - 1 / 3) ** 2) / 3
     assert balance_loss(g).item() == pytest.approx(expected_bal)
     assert budget_loss(g, 0.5).item() == pytest.approx((2 / 6 - 0.5) ** 2)
+
+
+def test_hard_budget_counts_executed_layers_and_passes_the_gradient_to_g():
+    # gates parked just above tau: the soft mean meets rho = 0.5 but every layer executes
+    g = torch.full((4, 6), 0.51, requires_grad=True)
+    soft = gate_losses(g, tau=0.5, rho=0.5, budget_on="soft")
+    hard = gate_losses(g, tau=0.5, rho=0.5, budget_on="hard")
+    assert soft["bud"].item() == pytest.approx(0.01**2, rel=1e-4)
+    assert hard["bud"].item() == pytest.approx(0.5 ** 2)  # executed fraction 1.0
+    hard["bud"].backward()
+    # d/dg of (mean(mask) - rho)^2 through the straight-through mask: 2 * 0.5 / 24 for every gate
+    assert torch.allclose(g.grad, torch.full_like(g, 2 * 0.5 / 24))
+
+
+def test_polarization_is_zero_at_saturated_gates_and_largest_at_one_half():
+    assert polarization_loss(torch.tensor([[0.0, 1.0]])).item() == 0.0
+    assert polarization_loss(torch.tensor([[0.5, 0.5]])).item() == pytest.approx(0.25)
+    assert polarization_loss(torch.tensor([[0.2, 0.9]])).item() == pytest.approx((0.16 + 0.09) / 2)

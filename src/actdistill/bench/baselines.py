@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from actdistill.constants import ACTION, ACTION_PAD
-from actdistill.distill.losses import balance_loss, budget_loss
+from actdistill.config import DistillConfig
+from actdistill.distill.losses import gate_losses
 from actdistill.distill.routing import RoutedStudent
 from actdistill.models.policy import PolicyMixin
 from actdistill.models.vla import ReferenceVLA, action_loss
@@ -61,9 +62,8 @@ def task_loss(student: RoutedStudent, batch: dict) -> tuple[torch.Tensor, dict]:
     return loss, {"loss": loss.item()}
 
 
-def router_kd_loss(student: RoutedStudent, teacher: ReferenceVLA, batch: dict, rho: float, beta: float,
-                   lambda_bal: float, lambda_bud: float) -> tuple[torch.Tensor, dict]:
-    """Task loss + distillation from the teacher's final action only (+ the same balance and budget terms)."""
+def router_kd_loss(student: RoutedStudent, teacher: ReferenceVLA, batch: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
+    """Task loss + distillation from the teacher's final action only (+ the same gate terms as ActDistill)."""
     out = student.forward_train(batch)
     with torch.no_grad():
         target = teacher.predict(batch)
@@ -71,7 +71,9 @@ def router_kd_loss(student: RoutedStudent, teacher: ReferenceVLA, batch: dict, r
     l_task = action_loss(out["action"], batch[ACTION], pad)
     l_kd = action_loss(out["action"], target, pad)
     g = out["gates"]
-    loss = l_task + beta * l_kd + lambda_bal * balance_loss(g) + lambda_bud * budget_loss(g, rho)
+    gl = gate_losses(g, student.tau, cfg.rho, cfg.budget_on)
+    loss = (l_task + cfg.beta * l_kd + cfg.lambda_bal * gl["bal"] + cfg.lambda_bud * gl["bud"]
+            + cfg.lambda_pol * gl["pol"])
     return loss, {"loss": loss.item(), "task": l_task.item(), "kd": l_kd.item(),
                   "keep": (g >= student.tau).float().mean().item()}
 

@@ -129,7 +129,7 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
                                                  init_bias=dcfg.router_init_bias)
             rest = [p for n, p in student.named_parameters() if not n.startswith("router.")]
             train_loop(model=student, dataset=data, cfg=dcfg.train, out_dir=folder, stage="router-kd",
-                       loss_fn=lambda m, b, s: router_kd_loss(m, teacher, b, dcfg.rho, dcfg.beta, dcfg.lambda_bal, dcfg.lambda_bud),
+                       loss_fn=lambda m, b, s: router_kd_loss(m, teacher, b, dcfg),
                        params=rest, extra_groups=[(list(student.router.parameters()), dcfg.router_lr_scale)],
                        identity={"key": key, "teacher": teacher_hash}, progress=progress)
             student.eval()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from actdistill.distill.routing import straight_through
+
 
 def layer_weights(num_layers: int, gamma: float = 2.0) -> torch.Tensor:
     """w_l = (l / (L-1))^gamma rescaled to mean 1 (layer 0 weighs 0: deep layers carry the action)."""
@@ -64,5 +66,21 @@ def balance_loss(gates: torch.Tensor) -> torch.Tensor:
 
 
 def budget_loss(gates: torch.Tensor, rho: float) -> torch.Tensor:
-    """L_bud = (mean over batch and layers of g - rho)^2: the user's compute budget."""
+    """L_bud = (mean over batch and layers of g - rho)^2: the user's compute budget.
+
+    Pass the straight-through masks (forward value 0/1, gradient of g) to hold the executed fraction itself
+    to rho, or the soft gates g for DESIGN.md's literal form.
+    """
     return (gates.mean() - rho).pow(2)
+
+
+def polarization_loss(gates: torch.Tensor) -> torch.Tensor:
+    """mean g (1 - g): zero at g in {0, 1}, largest at 0.5; pushes gates away from the threshold so the hard
+    decisions do not flip under small input changes or a calibration shift."""
+    return (gates * (1.0 - gates)).mean()
+
+
+def gate_losses(gates: torch.Tensor, tau: float, rho: float, budget_on: str) -> dict[str, torch.Tensor]:
+    """Balance, budget and polarization terms of the router. gates: soft g (B, L)."""
+    executed = straight_through(gates, tau) if budget_on == "hard" else gates
+    return {"bal": balance_loss(gates), "bud": budget_loss(executed, rho), "pol": polarization_loss(gates)}

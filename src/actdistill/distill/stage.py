@@ -1,7 +1,8 @@
 """`actdistill distill`: train the routed student against the teacher cache (DESIGN.md "Losses").
 
-L = L_task + alpha L_sem + beta L_act + lambda_bal L_bal + lambda_bud L_bud, with the teacher's
-per-layer targets read from the fingerprinted cache by sample id.
+L = L_task + alpha L_sem + beta L_act + lambda_bal L_bal + lambda_bud L_bud + lambda_pol L_pol, with the
+teacher's per-layer targets read from the fingerprinted cache by sample id. L_bud holds the executed
+fraction (straight-through masks) to rho by default; L_pol keeps gates away from the threshold.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from actdistill.config import DistillConfig
 from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE, SAMPLE_ID, WEIGHTS_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
-from actdistill.distill.losses import (action_stream_loss, balance_loss, budget_loss, layer_weights, semantic_loss)
+from actdistill.distill.losses import action_stream_loss, gate_losses, layer_weights, semantic_loss
 from actdistill.distill.routing import RoutedStudent
 from actdistill.models.vla import action_loss
 from actdistill.probe.stage import load_probe_artifact
@@ -34,11 +35,11 @@ def distill_loss(student: RoutedStudent, batch: dict, cache, cfg: DistillConfig,
     l_sem = semantic_loss(out["semantic"], z_t, w, cfg.eta)
     l_act = action_stream_loss(out["probe_action"], batch[ACTION], a_t, w, pad)
     g = out["gates"]
-    l_bal = balance_loss(g)
-    l_bud = budget_loss(g, cfg.rho)
-    loss = l_task + cfg.alpha * l_sem + cfg.beta * l_act + cfg.lambda_bal * l_bal + cfg.lambda_bud * l_bud
-    logs = {"loss": loss.item(), "task": l_task.item(), "sem": l_sem.item(), "act": l_act.item(), "bal": l_bal.item(),
-            "bud": l_bud.item(), "keep": (g >= student.tau).float().mean().item(), "g": g.mean().item(),
+    gl = gate_losses(g, student.tau, cfg.rho, cfg.budget_on)
+    loss = (l_task + cfg.alpha * l_sem + cfg.beta * l_act + cfg.lambda_bal * gl["bal"] + cfg.lambda_bud * gl["bud"]
+            + cfg.lambda_pol * gl["pol"])
+    logs = {"loss": loss.item(), "task": l_task.item(), "sem": l_sem.item(), "act": l_act.item(),
+            **{k: v.item() for k, v in gl.items()}, "keep": (g >= student.tau).float().mean().item(), "g": g.mean().item(),
             "gate_on_per_layer": [round(v, 3) for v in (g >= student.tau).float().mean(0).tolist()]}
     return loss, logs
 
