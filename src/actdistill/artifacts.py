@@ -7,6 +7,7 @@ reads the header of its input and stops with one sentence if it does not match.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -27,22 +28,62 @@ class ArtifactError(RuntimeError):
     """An input artifact is missing, corrupt or does not match what a stage needs."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: a kill never leaves half a file."""
+_WRITE_REASONS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                  errno.EROFS: "the file system is read-only", errno.EFBIG: "the file is too large for this file system"}
+
+
+class ArtifactWriteError(ArtifactError):
+    """An artifact could not be written (disk full, no permission); the previous version is untouched."""
+
+
+def write_failed(path: Path, err: OSError) -> ArtifactWriteError:
+    reason = _WRITE_REASONS.get(err.errno, err.strerror or str(err))
+    return ArtifactWriteError(f"Could not write {path}: {reason}; any earlier version of it and every other artifact are "
+                              "untouched (free space or choose a writable output folder, then rerun: finished stages are reused).")
+
+
+def _atomic(path: Path, write) -> None:
+    """`write(tmp_name)` into a temporary file beside `path`, then rename: a kill never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts are meant to be shared
+        os.replace(tmp, path)
+    except OSError as err:
+        _discard(tmp)
+        raise write_failed(path, err) from err
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def _discard(tmp: str | None) -> None:
+    if tmp is not None and os.path.exists(tmp):
+        os.unlink(tmp)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    _atomic(path, write)
+
+
+def save_figure(fig, path: Path, dpi: int = 150) -> None:
+    """A matplotlib figure as PNG, written atomically like every other artifact."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -60,18 +101,8 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def atomic_save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
 
 
 def load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:

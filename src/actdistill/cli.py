@@ -17,6 +17,7 @@ from actdistill.artifacts import ArtifactError
 from actdistill.config import (BenchConfig, CollectConfig, ConfigError, DistillConfig, EvalConfig, ExportConfig, ProbeConfig,
                                RunConfig, SimConfig, TeacherConfig, apply_overrides)
 from actdistill.models.policy import ObservationError
+from actdistill.training import TrainingDiverged
 
 USER_ERRORS = (ConfigError, ArtifactError, ObservationError, FileNotFoundError, PermissionError, KeyError)
 
@@ -290,12 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "no_progress", False):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # also the weight-loading bars of the language encoder
     try:
         args.func(args)
     except USER_ERRORS as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"actdistill: error: {msg}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"actdistill: error: {err}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -8,6 +8,7 @@ reloaded with `from_dict`, which refuses unknown or ill-typed fields.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,7 +45,24 @@ def _positive(obj: Any, *names: str) -> None:
 
 
 class _Base:
-    """to_dict / from_dict with strict field and type checks."""
+    """to_dict / from_dict with strict field and type checks.
+
+    Every field is type-checked on construction (before the subclass's own range checks), so a wrong type
+    given to the constructor directly is answered like one read from a JSON file: one ConfigError naming it.
+    """
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        own = cls.__dict__.get("__post_init__")
+
+        def __post_init__(self) -> None:
+            hints = typing.get_type_hints(type(self))
+            for f in dataclasses.fields(self):  # type: ignore[arg-type]
+                setattr(self, f.name, _coerce(hints[f.name], getattr(self, f.name), f"{type(self).__name__}.{f.name}"))
+            if own is not None:
+                own(self)
+
+        cls.__post_init__ = __post_init__
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -66,7 +84,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     """Convert a JSON value to the annotated type, or raise ConfigError naming the field."""
     origin = typing.get_origin(tp)
     if isinstance(tp, type) and issubclass(tp, _Base):
-        return tp.from_dict(value)
+        return value if isinstance(value, tp) else tp.from_dict(value)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
@@ -86,8 +104,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be an integer, got {value!r}.")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}.")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}.")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

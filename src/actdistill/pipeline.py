@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from actdistill.artifacts import atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, write_header
+from actdistill.artifacts import atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, save_figure, write_header
 from actdistill.config import EvalConfig, RunConfig, SimConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
 
@@ -175,6 +175,6 @@ def layer_usage_report(row: dict, out_dir: Path) -> str:
     ax.set_title(f"{row['name']}: fraction of policy calls executing each layer")
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
-    fig.savefig(out_dir / "layer_usage.png", dpi=150)
+    save_figure(fig, out_dir / "layer_usage.png")
     plt.close(fig)
     return md

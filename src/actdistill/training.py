@@ -3,13 +3,19 @@
 The loop is resumable and deterministic: the data order of step s is a pure
 function of (seed, s) (a seeded permutation per epoch), so resuming from a
 checkpoint at step s replays exactly the same batches as an uninterrupted
-run. Optimizer and scheduler state are restored from the checkpoint.
+run. Weights, optimizer, scheduler and RNG state are restored from the checkpoint.
+
+Checkpoints are complete or absent: each is written into its own folder
+`ckpt/step-NNNNNNN/` (every file atomically), and only then does `ckpt/latest.json`
+(itself replaced atomically) point to it; the previous checkpoint is deleted after
+that. A kill at any moment leaves `latest.json` naming a whole checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +30,11 @@ from actdistill.config import TrainConfig
 from actdistill.constants import OBS_IMAGE, TRAIN_META_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
 
 
+LATEST_FILE = "latest.json"
+
+
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss or the gradient became NaN or infinite."""
 
 
 @dataclass
@@ -126,23 +135,16 @@ def train_loop(
     identity_hash = hash_json({"stage": stage, "train": cfg.to_dict(), **(identity or {})})
 
     start = 0
-    if (ckpt_dir / TRAIN_META_FILE).is_file():
-        meta = read_json(ckpt_dir / TRAIN_META_FILE, f"the {stage} checkpoint")
-        if meta.get("identity") != identity_hash:
-            raise ArtifactError(
-                f"The checkpoint in {ckpt_dir} belongs to a different {stage} run (other config or inputs); "
-                "delete that folder or choose another output folder.")
-        weights = load_tensors(ckpt_dir / WEIGHTS_FILE, f"the {stage} checkpoint weights")
-        model.load_state_dict(weights, strict=True)
-        opt.load_state_dict(_unflatten_optimizer(load_tensors(ckpt_dir / TRAIN_STATE_FILE, "the optimizer state"), meta["optimizer"]))
-        sched.load_state_dict(meta["scheduler"])
-        start = int(meta["step"])
+    if (ckpt_dir / LATEST_FILE).is_file():
+        start = _load_checkpoint(ckpt_dir, stage, identity_hash, model, opt, sched)
 
     model, opt = accelerator.prepare(model, opt)
     model.train()
     history: list[dict] = []
     t0 = time.time()
     last_loss = float("nan")
+    logged = 0
+    clipped = 0  # steps whose gradient norm exceeded cfg.grad_clip (logged as clipped_steps)
     n = len(dataset)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     bar = tqdm(range(start, end), desc=stage, initial=start, total=cfg.steps,
@@ -160,28 +162,74 @@ def train_loop(
                 "(lower the learning rate and resume).")
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
+        grad_norm = float(accelerator.clip_grad_norm_(params, cfg.grad_clip))
+        if not math.isfinite(grad_norm):
+            raise TrainingDiverged(
+                f"{stage}: the gradient norm became {grad_norm} at step {step} (finite loss {loss.item():.4g}); the last good "
+                f"checkpoint in {ckpt_dir} is kept (lower the learning rate and resume).")
+        clipped += grad_norm > cfg.grad_clip  # clip_grad_norm_ rescaled this step's gradient to cfg.grad_clip
         opt.step()
         sched.step()
         last_loss = loss.item()
         if step % 50 == 0 or step == cfg.steps - 1:
-            rec = {"step": step, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm), **logs}
+            rec = {"step": step, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm, "clipped_steps": clipped, **logs}
             history.append(rec)
             bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if isinstance(v, float)})
         done = step + 1
         if (done % cfg.checkpoint_every == 0 or done == end) and accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            opt_tensors, opt_meta = _flatten_optimizer(opt)
-            atomic_save_tensors(ckpt_dir / WEIGHTS_FILE, unwrapped.state_dict())
-            atomic_save_tensors(ckpt_dir / TRAIN_STATE_FILE, opt_tensors)
-            atomic_write_json(ckpt_dir / TRAIN_META_FILE, {"step": done, "identity": identity_hash,
-                                                            "optimizer": opt_meta, "scheduler": sched.state_dict()})
+            _save_checkpoint(ckpt_dir, done, identity_hash, accelerator.unwrap_model(model), opt, sched)
+            _append_log(out_dir, history[logged:])  # the log holds exactly the steps the checkpoint has done
+            logged = len(history)
         accelerator.wait_for_everyone()
     bar.close()
     model = accelerator.unwrap_model(model)
     model.eval()
-    (out_dir).mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "train_log.jsonl", "a") as f:
-        for rec in history:
-            f.write(json.dumps(rec) + "\n")
     return TrainResult(steps=end, seconds=time.time() - t0, final_loss=last_loss, resumed_from=start, history=history)
+
+
+def _append_log(out_dir: Path, records: list[dict]) -> None:
+    if records:
+        with open(out_dir / "train_log.jsonl", "a") as f:
+            f.writelines(json.dumps(rec) + "\n" for rec in records)
+
+
+def _save_checkpoint(ckpt_dir: Path, step: int, identity: str, model: nn.Module, opt: torch.optim.Optimizer,
+                     sched) -> None:
+    folder = ckpt_dir / f"step-{step:07d}"
+    if folder.exists():  # left by a run killed between writing it and pointing latest.json to it
+        shutil.rmtree(folder)
+    opt_tensors, opt_meta = _flatten_optimizer(opt)
+    opt_tensors["rng.torch"] = torch.get_rng_state()
+    atomic_save_tensors(folder / WEIGHTS_FILE, model.state_dict())
+    atomic_save_tensors(folder / TRAIN_STATE_FILE, opt_tensors)
+    atomic_write_json(folder / TRAIN_META_FILE, {"step": step, "identity": identity, "optimizer": opt_meta,
+                                                 "scheduler": sched.state_dict()})
+    atomic_write_json(ckpt_dir / LATEST_FILE, {"step": step, "folder": folder.name, "identity": identity})
+    for old in ckpt_dir.glob("step-*"):
+        if old.is_dir() and old.name != folder.name:
+            shutil.rmtree(old)
+
+
+def _load_checkpoint(ckpt_dir: Path, stage: str, identity: str, model: nn.Module, opt: torch.optim.Optimizer,
+                     sched) -> int:
+    """Restore the checkpoint `latest.json` names; returns its step."""
+    latest = read_json(ckpt_dir / LATEST_FILE, f"the {stage} checkpoint pointer")
+    if latest.get("identity") != identity:
+        raise ArtifactError(
+            f"The checkpoint in {ckpt_dir} belongs to a different {stage} run (other config or inputs); "
+            "delete that folder or choose another output folder.")
+    folder = ckpt_dir / str(latest.get("folder"))
+    meta = read_json(folder / TRAIN_META_FILE, f"the {stage} checkpoint state")
+    if meta.get("step") != latest.get("step") or meta.get("identity") != identity:
+        raise ArtifactError(f"The {stage} checkpoint in {folder} does not match {ckpt_dir / LATEST_FILE}; delete {ckpt_dir} and rerun.")
+    try:
+        model.load_state_dict(load_tensors(folder / WEIGHTS_FILE, f"the {stage} checkpoint weights"), strict=True)
+    except RuntimeError as err:
+        raise ArtifactError(f"The {stage} checkpoint weights in {folder} do not fit this model; delete {ckpt_dir} and rerun.") from err
+    state = load_tensors(folder / TRAIN_STATE_FILE, f"the {stage} optimizer state")
+    rng = state.pop("rng.torch", None)
+    opt.load_state_dict(_unflatten_optimizer(state, meta["optimizer"]))
+    sched.load_state_dict(meta["scheduler"])
+    if rng is not None:
+        torch.set_rng_state(rng)
+    return int(meta["step"])

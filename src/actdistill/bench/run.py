@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actdistill.artifacts import atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, write_header
+from actdistill.artifacts import atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, save_figure, write_header
 from actdistill.config import BenchConfig, RunConfig, TeacherConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
 from actdistill.pipeline import _Stages, evaluate_stage
@@ -257,5 +257,5 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    save_figure(fig, path)
     plt.close(fig)

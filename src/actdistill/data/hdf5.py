@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from actdistill.artifacts import ArtifactError, hash_file
+from actdistill.artifacts import ArtifactError, hash_file, write_failed
 from actdistill.constants import ACTION_DIM, STATE_DIM
 
 
@@ -50,16 +50,25 @@ class DemoWriter:
 
     def __init__(self, path: Path, header: dict, env_args: dict):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self._f = h5py.File(self._tmp, "w")
-        self._data = self._f.create_group("data")
-        self._data.attrs["header"] = json.dumps(header)
-        self._data.attrs["env_args"] = json.dumps(env_args)
         self._n = 0
         self._total = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = h5py.File(self._tmp, "w")
+            self._data = self._f.create_group("data")
+            self._data.attrs["header"] = json.dumps(header)
+            self._data.attrs["env_args"] = json.dumps(env_args)
+        except OSError as err:
+            raise write_failed(self.path, err) from err
 
     def add(self, demo: Demo) -> None:
+        try:
+            self._add(demo)
+        except OSError as err:
+            raise write_failed(self.path, err) from err
+
+    def _add(self, demo: Demo) -> None:
         g = self._data.create_group(f"demo_{self._n}")
         g.attrs.update(num_samples=len(demo.actions), instruction=demo.instruction, task=demo.task,
                        placement_seed=int(demo.placement_seed))
@@ -70,11 +79,15 @@ class DemoWriter:
         self._total += len(demo.actions)
 
     def close(self, extra_attrs: dict | None = None) -> None:
-        self._data.attrs["total"] = self._total
-        for k, v in (extra_attrs or {}).items():
-            self._data.attrs[k] = json.dumps(v)
-        self._f.close()
-        os.replace(self._tmp, self.path)
+        try:
+            self._data.attrs["total"] = self._total
+            for k, v in (extra_attrs or {}).items():
+                self._data.attrs[k] = json.dumps(v)
+            self._f.close()
+            os.replace(self._tmp, self.path)
+        except OSError as err:
+            self.abort()
+            raise write_failed(self.path, err) from err
 
     def abort(self) -> None:
         self._f.close()
@@ -135,6 +148,10 @@ def read_demos(path: Path, image_key: str = "obs/image", state_key: str = "obs/s
                             actions=g["actions"][()].astype(np.float32))
             except (ValueError, OSError) as err:
                 raise ArtifactError(f"{path}:{name} is malformed or truncated: {err}") from err
+            size = env_args.get("image_size", demo.images.shape[1])
+            if demo.images.shape[1:3] != (size, size):
+                raise ArtifactError(f"{path}:{name} has {demo.images.shape[1]}x{demo.images.shape[2]} images, but the file "
+                                    f"declares {size}x{size}; every image must have the file's size.")
             if not (np.isfinite(demo.states).all() and np.isfinite(demo.actions).all()):
                 raise ArtifactError(f"{path}:{name} contains NaN or infinite states or actions; remove the demo or collect again.")
             demos.append(demo)

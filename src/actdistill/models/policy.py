@@ -33,20 +33,30 @@ class PolicyMixin:
         for key in (OBS_IMAGE, OBS_STATE, TASK):
             if key not in observation:
                 raise ObservationError(f"The observation lacks '{key}'; it needs {OBS_IMAGE}, {OBS_STATE} and {TASK}.")
-        img = torch.as_tensor(np.asarray(observation[OBS_IMAGE]))
+        img = np.asarray(observation[OBS_IMAGE])
         if img.ndim == 3:
-            img = img.unsqueeze(0)
-        if img.ndim != 4 or img.shape[-1] != 3 or tuple(img.shape[1:3]) != (self.image_size, self.image_size):
+            img = img[None]
+        if img.dtype != np.uint8 or img.ndim != 4 or img.shape[-1] != 3 or tuple(img.shape[1:3]) != (self.image_size, self.image_size):
             raise ObservationError(
-                f"Image of shape {tuple(img.shape)} does not match this policy, which was trained on "
-                f"{self.image_size}x{self.image_size} RGB images (B, H, W, 3); render at that size.")
-        state = torch.as_tensor(np.asarray(observation[OBS_STATE]), dtype=torch.float32).reshape(img.shape[0], -1)
-        if state.shape[1] != STATE_DIM:
-            raise ObservationError(f"State has {state.shape[1]} values, the policy needs {STATE_DIM} (hand xyz, gripper, goal xyz).")
+                f"Image of shape {tuple(img.shape)} and dtype {img.dtype} does not match this policy, which was trained on "
+                f"{self.image_size}x{self.image_size} RGB uint8 images (B, H, W, 3); render at that size.")
+        img = torch.from_numpy(np.ascontiguousarray(img))
+        try:
+            state = np.asarray(observation[OBS_STATE], dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise ObservationError(f"The state is not an array of numbers ({err}).") from err
+        if state.size != img.shape[0] * STATE_DIM:
+            raise ObservationError(f"State has {state.size} values for {img.shape[0]} image(s); the policy needs {STATE_DIM} "
+                                   "per image (hand xyz, gripper, goal xyz).")
+        if not np.isfinite(state).all():
+            raise ObservationError("The state contains NaN or infinite values.")
+        state = torch.from_numpy(state.reshape(img.shape[0], STATE_DIM))
         tasks = observation[TASK]
         tasks = [tasks] if isinstance(tasks, str) else list(tasks)
         if len(tasks) != img.shape[0]:
             raise ObservationError(f"Got {len(tasks)} instructions for a batch of {img.shape[0]} images.")
+        if not all(isinstance(t, str) and t.strip() for t in tasks):
+            raise ObservationError("Every instruction must be a non-empty string.")
         lang = shared_language_encoder().encode(tasks)
         return {OBS_IMAGE: img, OBS_STATE: state, OBS_LANG: lang, TASK: tasks}
 

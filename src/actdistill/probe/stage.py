@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_bytes, atomic_write_json, hash_tensors,
-                                  load_tensors, make_header, read_header, read_json, write_header)
+                                  load_tensors, make_header, read_header, read_json, save_figure, write_header)
 from actdistill.cache import CACHE_FILE, TeacherCache
 from actdistill.config import ProbeConfig
 from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE
@@ -56,8 +56,8 @@ def run_probe(cfg: ProbeConfig, teacher_dir: Path, dataset_path: Path, out_dir: 
         p.requires_grad_(False)
     demos = read_demos(dataset_path)
     if tinfo["header"]["inputs"].get("dataset") != demos.fingerprint:
-        raise ArtifactError(f"The teacher in {teacher_dir} was trained on another dataset than {dataset_path}; "
-                            "probe it with the dataset it was trained on.")
+        raise ArtifactError(f"The teacher in {teacher_dir} was trained on dataset {tinfo['header']['inputs'].get('dataset')}, "
+                            f"but {dataset_path} is {demos.fingerprint}; probe it with the dataset it was trained on.")
     data = FrameDataset(demos, teacher.config.chunk_size, tuple(tinfo["tasks"]))
     torch.manual_seed(cfg.train.seed)
     probes = build_probes(cfg, teacher)
@@ -125,7 +125,7 @@ def report_probe_error(layer_err: list[float], out_dir: Path) -> None:
     ax.set_title("Action error of the per-layer probe vs depth")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out_dir / "probe_error.png", dpi=150)
+    save_figure(fig, out_dir / "probe_error.png")
     plt.close(fig)
 
 
