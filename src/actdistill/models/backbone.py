@@ -8,12 +8,16 @@ lets a router skip layers:  embed -> layer_0 .. layer_{L-1} -> norm.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 from transformers.masking_utils import create_causal_mask
+
+# transformers 5.x renamed `past_key_values` to `cache` in the mask helpers; pass the name this version has.
+_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 
 @dataclass
@@ -72,8 +76,8 @@ class DecoderBackbone(nn.Module):
     def context(self, h: torch.Tensor) -> LayerContext:
         b, n, _ = h.shape
         position_ids = torch.arange(n, device=h.device).unsqueeze(0)
-        mask = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=None, cache=None,
-                                  position_ids=position_ids)
+        mask = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=None, position_ids=position_ids,
+                                  **{_CACHE_ARG: None})
         return LayerContext(self.model.rotary_emb(h, position_ids=position_ids), mask, position_ids)
 
     def layer(self, i: int, h: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
