@@ -48,7 +48,7 @@ def _build_config(cls, args, shortcuts: dict[str, str], base=None):
             overrides[field_path] = value
     for item in args.set or []:
         if "=" not in item:
-            raise ConfigError(f"--set expects field.path=value, got '{item}'.")
+            raise ConfigError(f"--set expects field.path=value, got {item!r}.")
         key, value = item.split("=", 1)
         overrides[key.strip()] = _parse_value(value)
     return apply_overrides(cfg, overrides) if overrides else cfg

@@ -75,7 +75,7 @@ class _Base:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ConfigError(f"{cls.__name__} has no field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(names))}.")
+            raise ConfigError(f"{cls.__name__} has no field(s) {', '.join(map(repr, unknown))}; known fields: {', '.join(sorted(names))}.")
         kwargs = {k: _coerce(hints[k], v, f"{cls.__name__}.{k}") for k, v in data.items()}
         return cls(**kwargs)
 
@@ -126,9 +126,9 @@ class SimConfig(_Base):
         self.tasks = tuple(self.tasks)
         _check(len(self.tasks) > 0, "SimConfig.tasks must name at least one task.")
         for t in self.tasks:
-            _check(t in MT10_TASKS, f"Unknown task '{t}' in SimConfig.tasks; choose from {', '.join(MT10_TASKS)}.")
+            _check(t in MT10_TASKS, f"Unknown task {t!r} in SimConfig.tasks; choose from {', '.join(MT10_TASKS)}.")
         _check(len(set(self.tasks)) == len(self.tasks), "SimConfig.tasks lists a task twice.")
-        _check(self.camera in CAMERAS, f"Unknown camera '{self.camera}'; choose from {', '.join(CAMERAS)}.")
+        _check(self.camera in CAMERAS, f"Unknown camera {self.camera!r}; choose from {', '.join(CAMERAS)}.")
         _check(16 <= self.image_size <= 256, f"SimConfig.image_size must be in [16, 256], got {self.image_size}.")
 
 
@@ -370,9 +370,9 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
         parts = path.split(".")
         for p in parts[:-1]:
             if not isinstance(node, dict) or p not in node:
-                raise ConfigError(f"Unknown config field '{path}'.")
+                raise ConfigError(f"Unknown config field {path!r}.")
             node = node[p]
         if not isinstance(node, dict) or parts[-1] not in node:
-            raise ConfigError(f"Unknown config field '{path}'.")
+            raise ConfigError(f"Unknown config field {path!r}.")
         node[parts[-1]] = value
     return type(cfg).from_dict(data)
