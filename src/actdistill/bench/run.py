@@ -82,7 +82,9 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     # ActDistill students at every budget
     for rho in cfg.actdistill_budgets:
         dcfg = dataclasses.replace(rc.distill, rho=rho)
-        ddir, xdir = out / f"distill-rho{rho}", out / f"student-rho{rho}"
+        # the run's own student (same config) is reused rather than distilled again
+        home = run_dir if rho == rc.distill.rho else out
+        ddir, xdir = home / f"distill-rho{rho}", home / f"student-rho{rho}"
         st.run(f"distill rho={rho}", "distill", ddir, dcfg.to_dict(), {"teacher": teacher_hash, "cache": cache.fingerprint},
                lambda: run_distill(dcfg, teacher_dir, probe_dir, data_path, ddir, progress),
                lambda s: f"keep {s['train_keep_ratio']:.2f}", lambda s: s["weights"])
