@@ -7,6 +7,7 @@ reloaded with `from_dict`, which refuses unknown or ill-typed fields.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -26,6 +27,7 @@ MT10_TASKS: tuple[str, ...] = (
     "window-open-v3",
     "window-close-v3",
 )
+DECODERS: tuple[str, ...] = ("llama", "qwen2", "mistral", "gemma", "gemma2", "gemma3")
 CAMERAS: tuple[str, ...] = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 
 
@@ -64,8 +66,19 @@ class _Base:
 
         cls.__post_init__ = __post_init__
 
+    # Fields added after artifacts were already made with this config, whose default reproduces the earlier
+    # behaviour exactly: written only when they differ from the default, so earlier config hashes (and the
+    # reuse of finished stages) stay valid.
+    _LATER_FIELDS: tuple[str, ...] = ()
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if f.name in self._LATER_FIELDS and v == f.default:
+                continue
+            out[f.name] = v.to_dict() if isinstance(v, _Base) else copy.deepcopy(v)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
@@ -164,6 +177,10 @@ class ModelConfig(_Base):
     num_query_tokens: int = 1  # learnable action-query tokens; the head reads them all
     n_action_steps: int = 1  # receding horizon: actions executed before replanning
     attn_implementation: str = "sdpa"
+    decoder: str = "llama"  # transformers family of the backbone: llama, qwen2, mistral, gemma, gemma2, gemma3
+    sliding_window: int = 0  # window of sliding-attention layers (gemma2/3, mistral); 0: the family's default
+
+    _LATER_FIELDS = ("decoder", "sliding_window")
 
     def __post_init__(self) -> None:
         _positive(self, "image_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
@@ -175,6 +192,8 @@ class ModelConfig(_Base):
         _check(self.num_heads % self.num_kv_heads == 0, "ModelConfig.num_heads must be divisible by num_kv_heads.")
         _check(self.n_action_steps <= self.chunk_size, "ModelConfig.n_action_steps must be <= chunk_size.")
         _check(self.attn_implementation in ("sdpa", "eager"), "ModelConfig.attn_implementation must be 'sdpa' or 'eager'.")
+        _check(self.decoder in DECODERS, f"ModelConfig.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}.")
+        _check(self.sliding_window >= 0, "ModelConfig.sliding_window must be >= 0.")
 
     # Token layout: [language | state | vision | action queries]; spans are (start, end).
     @property

@@ -1,7 +1,7 @@
 """Drive a transformers decoder layer by layer from outside (DESIGN.md "The model contract").
 
-The backbone is a stock `transformers` model (here `LlamaModel` built from a
-small `LlamaConfig`); we never fork its modeling code. We call its rotary
+The backbone is a stock `transformers` model (by default `LlamaModel` built from a
+small `LlamaConfig`; any transformers decoder can be wrapped); we never fork its modeling code. We call its rotary
 embedding, its mask builder and its decoder layers ourselves, which is what
 lets a router skip layers:  embed -> layer_0 .. layer_{L-1} -> norm.
 """
@@ -13,57 +13,110 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaModel
-from transformers.masking_utils import create_causal_mask
+from transformers import AutoModel, Gemma2Config, Gemma3TextConfig, GemmaConfig, LlamaConfig, MistralConfig, Qwen2Config
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-# transformers 5.x renamed `past_key_values` to `cache` in the mask helpers; pass the name this version has.
-_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+def _cache_kw(fn) -> str:
+    """transformers 5.x renamed `past_key_values` to `cache` in the mask helpers; the name this version has."""
+    return "cache" if "cache" in inspect.signature(fn).parameters else "past_key_values"
+
+
+MASKS = {"full_attention": (create_causal_mask, _cache_kw(create_causal_mask)),
+         "sliding_attention": (create_sliding_window_causal_mask, _cache_kw(create_sliding_window_causal_mask))}
+FAMILIES = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig, "gemma": GemmaConfig,
+            "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig}
+
+
+class AdapterError(ValueError):
+    """A model cannot be driven layer by layer (no decoder layers found, an unsupported layer type)."""
+
+
+def find_decoder(model: nn.Module) -> nn.Module:
+    """The transformers decoder inside `model`: the module with `layers`, `norm` and `rotary_emb`.
+
+    Accepts the decoder itself (LlamaModel, Qwen2Model, ...), a model holding it as `model` (a *ForCausalLM),
+    or a vision-language model holding it as `language_model` (possibly one level down)."""
+    node = model
+    for _ in range(4):
+        if isinstance(getattr(node, "layers", None), nn.ModuleList) and hasattr(node, "norm") and hasattr(node, "rotary_emb"):
+            return node
+        child = next((getattr(node, a) for a in ("language_model", "model", "text_model")
+                      if isinstance(getattr(node, a, None), nn.Module)), None)
+        if child is None:
+            break
+        node = child
+    raise AdapterError(f"Could not find decoder layers in {type(model).__name__}: expected a transformers decoder with "
+                       "`layers`, `norm` and `rotary_emb`, or a model holding one as `model` or `language_model`.")
 
 
 @dataclass
 class LayerContext:
-    """What every decoder layer needs besides the hidden states, for one (batch, sequence) shape."""
+    """What every decoder layer needs besides the hidden states, for one (batch, sequence) shape.
 
-    position_embeddings: tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (1, N, head_dim)
-    attention_mask: torch.Tensor | None  # None: causal handled inside SDPA
+    Masks and rotary tables are kept per layer type ("full_attention", "sliding_attention"): models such as
+    Gemma 2/3 alternate both, each with its own mask (and, in Gemma 3, its own rotary base)."""
+
+    position_embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]]  # type -> (cos, sin), each (1, N, head_dim)
+    masks: dict[str, torch.Tensor | None]  # type -> mask; None: causal handled inside SDPA
     position_ids: torch.Tensor  # (1, N)
 
-    def rows(self, index: torch.Tensor) -> "LayerContext":
+    def rows(self, index: torch.Tensor) -> LayerContext:
         """The context for a subset of batch rows (rotary tables are shared by all rows)."""
-        mask = self.attention_mask
-        if mask is not None and mask.shape[0] > 1:
-            mask = mask[index]
-        return LayerContext(self.position_embeddings, mask, self.position_ids)
+        masks = {t: m[index] if m is not None and m.shape[0] > 1 else m for t, m in self.masks.items()}
+        return LayerContext(self.position_embeddings, masks, self.position_ids)
 
 
 class DecoderBackbone(nn.Module):
-    """A transformers decoder whose layers the package calls one at a time."""
+    """A transformers decoder whose layers the package calls one at a time: embed -> layer_0 .. layer_{L-1} -> norm.
 
-    def __init__(self, config: LlamaConfig):
+    `DecoderBackbone(model)` wraps any transformers decoder (or a model that holds one, see `find_decoder`);
+    the layer loop reproduces the model's own forward on `inputs_embeds` (tests check Llama, Qwen2, Mistral
+    and the Gemma family)."""
+
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.config = config
-        self.model = LlamaModel(config)
+        self.model = find_decoder(model)
+        self.config = self.model.config
+        n = len(self.model.layers)
+        types = getattr(self.config, "layer_types", None)
+        if types is None:  # e.g. Mistral: one mask for every layer, sliding if the config has a window
+            types = ["sliding_attention" if getattr(self.config, "sliding_window", None) else "full_attention"] * n
+        unknown = sorted(set(types) - set(MASKS))
+        if unknown:
+            raise AdapterError(f"{type(self.model).__name__} has layer types {unknown}; supported: {sorted(MASKS)}.")
+        self.layer_types = list(types[:n])
+        self._rotary_per_type = "layer_type" in inspect.signature(self.model.rotary_emb.forward).parameters
+
+    @classmethod
+    def build(cls, family: str, hidden_size: int, num_layers: int, num_heads: int, num_kv_heads: int,
+              intermediate_size: int, max_positions: int, attn_implementation: str = "sdpa",
+              sliding_window: int | None = None) -> DecoderBackbone:
+        """A freshly initialised decoder of a transformers family, sized by the arguments."""
+        if family not in FAMILIES:
+            raise AdapterError(f"Unknown decoder family {family!r}; choose from {', '.join(FAMILIES)}.")
+        kw = dict(vocab_size=1, bos_token_id=None, eos_token_id=None, pad_token_id=None,  # inputs are embeddings
+                  hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                  num_key_value_heads=num_kv_heads, intermediate_size=intermediate_size,
+                  head_dim=hidden_size // num_heads, max_position_embeddings=max(max_positions, 16), rms_norm_eps=1e-6,
+                  attention_dropout=0.0, tie_word_embeddings=False)
+        if family in ("gemma2", "gemma3", "mistral"):
+            kw["sliding_window"] = sliding_window or 4096
+        if family in ("gemma2", "gemma3"):
+            kw["query_pre_attn_scalar"] = hidden_size // num_heads
+        cfg = FAMILIES[family](**kw)
+        try:
+            model = AutoModel.from_config(cfg, attn_implementation=attn_implementation)
+        except ValueError as err:
+            raise AdapterError(f"The {family} decoder does not support attn_implementation={attn_implementation!r} in this "
+                               "transformers version; use 'eager'.") from err
+        return cls(model)
 
     @classmethod
     def llama(cls, hidden_size: int, num_layers: int, num_heads: int, num_kv_heads: int, intermediate_size: int,
-              max_positions: int, attn_implementation: str = "sdpa") -> "DecoderBackbone":
-        cfg = LlamaConfig(
-            vocab_size=1,  # inputs are embeddings; the token table is unused
-            bos_token_id=None,
-            eos_token_id=None,
-            pad_token_id=None,
-            hidden_size=hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads,
-            intermediate_size=intermediate_size,
-            max_position_embeddings=max(max_positions, 16),
-            rms_norm_eps=1e-6,
-            attention_dropout=0.0,
-            tie_word_embeddings=False,
-        )
-        cfg._attn_implementation = attn_implementation
-        return cls(cfg)
+              max_positions: int, attn_implementation: str = "sdpa") -> DecoderBackbone:
+        return cls.build("llama", hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, max_positions,
+                         attn_implementation)
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -74,15 +127,23 @@ class DecoderBackbone(nn.Module):
         return len(self.model.layers)
 
     def context(self, h: torch.Tensor) -> LayerContext:
-        b, n, _ = h.shape
-        position_ids = torch.arange(n, device=h.device).unsqueeze(0)
-        mask = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=None, position_ids=position_ids,
-                                  **{_CACHE_ARG: None})
-        return LayerContext(self.model.rotary_emb(h, position_ids=position_ids), mask, position_ids)
+        position_ids = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
+        masks, rope = {}, {}
+        for t in sorted(set(self.layer_types)):
+            fn, cache_kw = MASKS[t]
+            masks[t] = fn(config=self.config, inputs_embeds=h, attention_mask=None, position_ids=position_ids,
+                          **{cache_kw: None})
+            rope[t] = self.model.rotary_emb(h, position_ids, t) if self._rotary_per_type else None
+        if not self._rotary_per_type:
+            shared = self.model.rotary_emb(h, position_ids=position_ids)
+            rope = {t: shared for t in rope}
+        return LayerContext(rope, masks, position_ids)
 
     def layer(self, i: int, h: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
-        return self.model.layers[i](h, attention_mask=ctx.attention_mask, position_embeddings=ctx.position_embeddings,
-                                    position_ids=ctx.position_ids)
+        t = self.layer_types[i]
+        out = self.model.layers[i](h, attention_mask=ctx.masks[t], position_embeddings=ctx.position_embeddings[t],
+                                   position_ids=ctx.position_ids)
+        return out[0] if isinstance(out, tuple) else out
 
     def norm(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.norm(h)

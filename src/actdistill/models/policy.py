@@ -42,7 +42,8 @@ class PolicyMixin:
                 f"{self.image_size}x{self.image_size} RGB uint8 images (B, H, W, 3); render at that size.")
         img = torch.from_numpy(np.ascontiguousarray(img))
         try:
-            state = np.asarray(observation[OBS_STATE], dtype=np.float32)
+            with np.errstate(over="ignore"):  # values beyond float32 become inf and are refused below
+                state = np.asarray(observation[OBS_STATE], dtype=np.float32)
         except (TypeError, ValueError) as err:
             raise ObservationError(f"The state is not an array of numbers ({err}).") from err
         if state.size != img.shape[0] * STATE_DIM:

@@ -54,8 +54,9 @@ class ReferenceVLA(PolicyMixin, nn.Module):
         self.lang_proj = nn.Linear(config.lang_dim, config.num_lang_tokens * d)
         self.state_proj = nn.Linear(STATE_DIM, d)
         self.queries = nn.Parameter(torch.randn(1, config.num_query_tokens, d) * 0.02)
-        self.backbone = DecoderBackbone.llama(d, config.num_layers, config.num_heads, config.num_kv_heads,
-                                              config.intermediate_size, config.seq_len, config.attn_implementation)
+        self.backbone = DecoderBackbone.build(config.decoder, d, config.num_layers, config.num_heads, config.num_kv_heads,
+                                              config.intermediate_size, config.seq_len, config.attn_implementation,
+                                              config.sliding_window or None)
         self.head = nn.Linear(config.num_query_tokens * d, config.chunk_size * ACTION_DIM)
         # Dataset statistics of the state, set by the trainer and saved with the weights.
         self.register_buffer("state_mean", torch.zeros(STATE_DIM))
