@@ -26,7 +26,7 @@ from tests.conftest import tiny_model_config
 
 # Each trial kills a stage once at a random step after its first checkpoint; ACTDISTILL_KILL_TRIALS raises the count.
 TRIALS = int(os.environ.get("ACTDISTILL_KILL_TRIALS", "1"))
-STEPS, EVERY = 60, 10
+STEPS, EVERY = 120, 10
 
 
 def _train(**kw) -> TrainConfig:
@@ -77,7 +77,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(stage, tiny_demos, tiny
     rng = random.Random(f"{stage}-kill")
     for trial in range(TRIALS):
         out = tmp_path / f"killed-{trial}"
-        kill_after = rng.choice(range(EVERY, STEPS - EVERY, EVERY))  # a checkpoint; the kill lands in the steps after it
+        kill_after = rng.choice(range(EVERY, STEPS // 2, EVERY))  # a checkpoint; the kill lands in the steps after it
         proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 300
         while _checkpoint_step(out) < kill_after and proc.poll() is None and time.time() < deadline:

@@ -71,13 +71,14 @@ class _Base:
     # reuse of finished stages) stay valid.
     _LATER_FIELDS: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, full: bool = False) -> dict[str, Any]:
+        """The config as JSON-able data; `full` also lists later fields that hold their default."""
         out = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
-            if f.name in self._LATER_FIELDS and v == f.default:
+            if not full and f.name in self._LATER_FIELDS and v == f.default:
                 continue
-            out[f.name] = v.to_dict() if isinstance(v, _Base) else copy.deepcopy(v)
+            out[f.name] = v.to_dict(full) if isinstance(v, _Base) else copy.deepcopy(v)
         return out
 
     @classmethod
@@ -383,7 +384,7 @@ class RunConfig(_Base):
 
 def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     """Return a copy of `cfg` with dotted-path overrides applied and re-validated."""
-    data = cfg.to_dict()
+    data = cfg.to_dict(full=True)
     for path, value in overrides.items():
         node = data
         parts = path.split(".")
