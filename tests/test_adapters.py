@@ -4,14 +4,17 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
+from actdistill.config import DECODERS
 from actdistill.distill.routing import RoutedStudent
-from actdistill.models.backbone import AdapterError, DecoderBackbone, find_decoder
+from actdistill.models.backbone import FAMILIES, AdapterError, DecoderBackbone, find_decoder
 from tests.conftest import tiny_model_config
 
-FAMILIES = ["llama", "qwen2", "mistral", "gemma", "gemma2", "gemma3"]
+
+def test_the_config_and_the_adapter_know_the_same_families():
+    assert set(DECODERS) == set(FAMILIES)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DECODERS)
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_layer_loop_equals_the_models_own_forward(family, attn):
     torch.manual_seed(0)

@@ -85,13 +85,11 @@ class _Base:
     def from_dict(cls, data: dict[str, Any]):
         if not isinstance(data, dict):
             raise ConfigError(f"{cls.__name__} must be given as a JSON object, got {type(data).__name__}.")
-        hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{cls.__name__} has no field(s) {', '.join(map(repr, unknown))}; known fields: {', '.join(sorted(names))}.")
-        kwargs = {k: _coerce(hints[k], v, f"{cls.__name__}.{k}") for k, v in data.items()}
-        return cls(**kwargs)
+        return cls(**data)  # every field is coerced and checked on construction (see __init_subclass__)
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

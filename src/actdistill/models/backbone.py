@@ -128,15 +128,13 @@ class DecoderBackbone(nn.Module):
 
     def context(self, h: torch.Tensor) -> LayerContext:
         position_ids = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
+        shared = None if self._rotary_per_type else self.model.rotary_emb(h, position_ids=position_ids)
         masks, rope = {}, {}
         for t in sorted(set(self.layer_types)):
             fn, cache_kw = MASKS[t]
             masks[t] = fn(config=self.config, inputs_embeds=h, attention_mask=None, position_ids=position_ids,
                           **{cache_kw: None})
-            rope[t] = self.model.rotary_emb(h, position_ids, t) if self._rotary_per_type else None
-        if not self._rotary_per_type:
-            shared = self.model.rotary_emb(h, position_ids=position_ids)
-            rope = {t: shared for t in rope}
+            rope[t] = self.model.rotary_emb(h, position_ids, t) if self._rotary_per_type else shared
         return LayerContext(rope, masks, position_ids)
 
     def layer(self, i: int, h: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
