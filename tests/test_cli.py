@@ -91,7 +91,8 @@ def test_tiny_bench_on_a_tiny_run(tiny_run):
     assert names == ["teacher", "actdistill-rho0.5", "actdistill-rho0.7", "static-prune-rho0.5", "router-kd-rho0.5",
                      "early-exit-rho0.5", "scratch-rho0.5"]
     required = {"name", "success_mean", "success_ci95", "success_per_task", "success_hard", "episodes_per_task",
-                "layers_executed_frac", "decoder_gflops", "policy_gflops", "latency_ms_median", "speedup", "ideal_speedup"}
+                "layers_executed_frac", "decoder_gflops", "policy_gflops", "latency_ms_median", "speedup", "ideal_speedup",
+                "speedup_of_ideal", "peak_memory_mb"}
     for r in res["rows"]:
         assert required <= set(r), required - set(r)
         assert r["episodes_per_task"] == 2 and len(r["success_ci95"]) == 2
@@ -104,3 +105,9 @@ def test_tiny_bench_on_a_tiny_run(tiny_run):
     teacher = res["rows"][0]
     assert teacher["speedup"] == 1.0 and teacher["ideal_speedup"] == 1.0 and teacher["layers_executed_frac"] == 1.0
     assert (tmp_path / "run" / "bench" / "pareto.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "bench" / "eval-actdistill-rho0.5" / "layer_usage.png").stat().st_size > 1000
+    # the scratch model's training compute matches the teacher's plus the distillation's, times the scale
+    c = res["training_compute"]
+    scratch, target = c["scratch-rho0.5"], 0.2 * (c["teacher"]["pflops"] + c["distill"]["pflops"])
+    assert abs(scratch["pflops"] - target) <= 0.5 * scratch["pflops"] / scratch["steps"]  # within half a step
+    assert res["rows"][-1]["peak_memory_mb"] > 0

@@ -158,7 +158,10 @@ def cmd_export(args) -> None:
 def cmd_bench(args) -> None:
     from actdistill.bench.run import run_bench
 
-    cfg = _build_config(BenchConfig, args, {"episodes": "eval.episodes_per_task", "compile": "compile"})
+    if args.quick and args.config:
+        raise ConfigError("--quick and --config cannot be combined; put the quick settings in the config file.")
+    cfg = _build_config(BenchConfig, args, {"episodes": "eval.episodes_per_task", "compile": "compile"},
+                        base=BenchConfig.quick() if args.quick else None)
     r = run_bench(Path(args.run), cfg, progress=not args.no_progress)
     print_table(r["stages"], ["stage", "status", "seconds", "note"], "bench stages")
     from actdistill.bench.run import bench_table
@@ -276,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--run", required=True, help="folder of a finished `actdistill run` (runs/default).")
     bn.add_argument("--episodes", type=int, help="episodes per task (default 30).")
     bn.add_argument("--compile", action="store_true", default=None, help="also measure latency under torch.compile.")
+    bn.add_argument("--quick", action="store_true", help="a smoke run: every row at rho=0.5, 3 episodes per task, "
+                                                         "a tenth of the scratch compute (pair it with `run --quick`).")
     _common(bn)
     bn.set_defaults(func=cmd_bench)
 

@@ -348,6 +348,12 @@ class BenchConfig(_Base):
             _check(r in self.actdistill_budgets, f"BenchConfig.baseline_budgets: {r} has no ActDistill row to match.")
         _positive(self, "scratch_compute_scale", "latency_repeats", "latency_frames", "bootstrap_samples")
 
+    @classmethod
+    def quick(cls) -> "BenchConfig":
+        """A smoke run of every row at one budget: few episodes, short timings, a tenth of the scratch compute."""
+        return cls(actdistill_budgets=(0.5,), baseline_budgets=(0.5,), eval=EvalConfig(episodes_per_task=3, max_steps=200),
+                   scratch_compute_scale=0.1, latency_repeats=10, latency_frames=8, bootstrap_samples=500)
+
 
 @dataclass
 class RunConfig(_Base):

@@ -1,15 +1,15 @@
 """Exact FLOP counts with `torch.utils.flop_counter.FlopCounterMode`.
 
 On CPU the default attention kernel `aten._scaled_dot_product_flash_attention_for_cpu` has no
-formula in the counter and would count zero; we map it to torch's own `sdpa_flop` (the same
-formula the counter uses for the CUDA kernels), so attention is counted. Like the counter, we
+formula in the counter and would count zero; we map it (and its backward) to torch's own `sdpa_flop`
+(`sdpa_backward_flop`), the formulas the counter uses for the CUDA kernels, so attention is counted. Like the counter, we
 count matrix products (linear, conv, attention), not element-wise ops.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
 
 
@@ -17,8 +17,14 @@ def _sdpa_cpu_flop(*args, **kwargs) -> int:
     return sdpa_flop(*args, **kwargs)  # torch's `sdpa_flop` already converts tensors to shapes
 
 
+def _sdpa_cpu_backward_flop(*args, **kwargs) -> int:
+    return sdpa_backward_flop(*args, **kwargs)  # (grad_out, query, key, value, ...) as for the CUDA kernels
+
+
 _sdpa_cpu_flop._get_raw = True  # type: ignore[attr-defined]  # tell the counter not to wrap it a second time
-_CUSTOM = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop}
+_sdpa_cpu_backward_flop._get_raw = True  # type: ignore[attr-defined]
+_CUSTOM = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop,
+           torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward_flop}
 
 
 def count_flops(fn, *args, decoder_layers=(), **kwargs) -> tuple[int, int]:
@@ -38,6 +44,21 @@ def count_flops(fn, *args, decoder_layers=(), **kwargs) -> tuple[int, int]:
         for h in hooks:
             h.remove()
     return mode.get_total_flops(), inside[0]
+
+
+def train_step_flops(model, loss_fn, batch: dict) -> int:
+    """FLOPs of one training step on `batch`: the forward pass of `loss_fn(model, batch)` and its backward."""
+    mode = FlopCounterMode(display=False, custom_mapping=_CUSTOM)
+    was_training = model.training
+    model.train()
+    try:
+        with mode:
+            loss = loss_fn(model, batch)
+            loss.backward()
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return mode.get_total_flops()
 
 
 def policy_flops(policy, batch: dict) -> dict[str, float]:

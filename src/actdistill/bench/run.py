@@ -41,7 +41,9 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     from actdistill.data.dataset import FrameDataset
     from actdistill.data.hdf5 import read_demos
     from actdistill.distill.routing import RoutedStudent
-    from actdistill.distill.stage import run_distill
+    from actdistill.bench.flops import train_step_flops
+    from actdistill.distill.stage import distill_loss, run_distill
+    from actdistill.models.vla import ReferenceVLA
     from actdistill.export import calibrate, run_export, save_student, training_placements
     from actdistill.probe.stage import load_probe_artifact
     from actdistill.teacher import load_teacher, train_teacher
@@ -95,6 +97,23 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
 
     # Baselines, each matched to the closed-loop compute of the ActDistill student of its budget
     similarity = layer_input_similarity(teacher, data) if cfg.baseline_budgets else None
+    n_flop = 8  # samples per counted training step; FLOPs are linear in the batch size
+
+    def training_step_flops(model_cfg, batch_size: int) -> float:
+        torch.manual_seed(0)
+        return train_step_flops(ReferenceVLA(model_cfg), lambda m, b: m(b)[0], data.batch(torch.arange(n_flop))) * batch_size / n_flop
+
+    training: dict[str, dict] = {}
+    if cfg.baseline_budgets:
+        dcfg = rc.distill
+        student = RoutedStudent.from_teacher(teacher, probes, router_dim=dcfg.router_dim, tau=dcfg.tau,
+                                             init_bias=dcfg.router_init_bias)
+        d_step = train_step_flops(student, lambda m, b: distill_loss(m, b, cache, dcfg, soft=False)[0],
+                                  data.batch(torch.arange(n_flop))) * dcfg.train.batch_size / n_flop
+        del student
+        training = {"teacher": {"steps": rc.teacher.train.steps,
+                                "flops": training_step_flops(rc.teacher.model, rc.teacher.train.batch_size) * rc.teacher.train.steps},
+                    "distill": {"steps": dcfg.train.steps, "flops": d_step * dcfg.train.steps}}
     n_layers = teacher.num_layers
     seeds = training_placements(data_path)
     for rho in cfg.baseline_budgets:
@@ -162,26 +181,32 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
         evaluate_row(name, folder, weights_hash_of(folder))
 
         # a smaller model of the student's mean depth, from scratch, with the same training compute
+        # (FLOPs of the teacher's training plus the distillation's, each counted on a real training step)
         name, folder = f"scratch-rho{rho}", out / f"scratch-rho{rho}"
-        t_steps = rc.teacher.train.steps * rc.teacher.train.batch_size
-        d_steps = rc.distill.train.steps * rc.distill.train.batch_size
-        scratch_steps = int(cfg.scratch_compute_scale * (t_steps + d_steps) * n_layers / keep / rc.teacher.train.batch_size)
-        scfg = TeacherConfig(model=dataclasses.replace(rc.teacher.model, num_layers=keep),
-                             train=dataclasses.replace(rc.teacher.train, steps=scratch_steps))
+        smodel = dataclasses.replace(rc.teacher.model, num_layers=keep)
+        budget = training["teacher"]["flops"] + training["distill"]["flops"]
+        per_step = training_step_flops(smodel, rc.teacher.train.batch_size)
+        scratch_steps = max(1, int(round(cfg.scratch_compute_scale * budget / per_step)))
+        scfg = TeacherConfig(model=smodel, train=dataclasses.replace(rc.teacher.train, steps=scratch_steps))
+        training[name] = {"steps": scratch_steps, "flops": per_step * scratch_steps}
         st.run(f"scratch rho={rho}", "train-teacher", folder, scfg.to_dict(), {"dataset": data.fingerprint},
                lambda scfg=scfg, folder=folder: train_teacher(scfg, data_path, folder, progress),
-               lambda s: f"{keep} layers, {s['steps']} steps", lambda s: s["weights"])
+               lambda s, keep=keep: f"{keep} layers, {s['steps']} steps", lambda s: s["weights"])
         evaluate_row(name, folder, weights_hash_of(folder))
 
-    results = finish_bench(rows, policies, cfg, tasks, data, out, rc)
+    extra = {"training_compute": {k: {"steps": v["steps"], "pflops": v["flops"] / 1e15} for k, v in training.items()}}
+    results = finish_bench(rows, policies, cfg, tasks, data, out, rc, extra)
     results["stages"] = st.rows
     return results
 
 
-def finish_bench(rows: dict, policies: dict, cfg: BenchConfig, tasks: tuple, data, out: Path, rc: RunConfig) -> dict:
+def finish_bench(rows: dict, policies: dict, cfg: BenchConfig, tasks: tuple, data, out: Path, rc: RunConfig,
+                 extra: dict | None = None) -> dict:
     from actdistill.bench.cost import sample_frames
     from actdistill.bench.flops import policy_flops
     from actdistill.bench.latency import interleaved_latency
+    from actdistill.bench.memory import peak_memory
+    from actdistill.pipeline import layer_usage_report
     from actdistill.registry import load_policy
 
     teacher_row = rows["teacher"]
@@ -197,10 +222,12 @@ def finish_bench(rows: dict, policies: dict, cfg: BenchConfig, tasks: tuple, dat
         fl = [policy_flops(loaded[name], f) for f in frames]
         dec = float(np.mean([x["decoder_flops"] for x in fl])) / 1e9
         pol = float(np.mean([x["policy_flops"] for x in fl])) / 1e9
+        mem = max((peak_memory(loaded[name], f) for f in frames), key=lambda m: m["peak_memory_mb"])
         row = {k: v for k, v in r.items() if k not in ("per_episode_success",)}
         row.update(success_hard=float(np.mean([r["success_per_task"][t] for t in hard])) if hard else None,
                    layers_executed_frac=r.get("layers_executed_frac", 1.0), decoder_gflops=dec, policy_gflops=pol,
-                   latency_ms_median=latency[name], speedup=latency["teacher"] / latency[name])
+                   latency_ms_median=latency[name], speedup=latency["teacher"] / latency[name],
+                   peak_memory_mb=mem["peak_memory_mb"], weights_mb=mem["weights_mb"], activations_mb=mem["activations_mb"])
         if compiled:
             row.update(latency_ms_median_compiled=compiled[name], speedup_compiled=compiled["teacher"] / compiled[name])
         rho = name.split("-rho")[-1] if "-rho" in name else None
@@ -208,11 +235,14 @@ def finish_bench(rows: dict, policies: dict, cfg: BenchConfig, tasks: tuple, dat
             row["delta_vs_actdistill"] = paired_bootstrap(r["per_episode_success"],
                                                           rows[f"actdistill-rho{rho}"]["per_episode_success"], cfg.bootstrap_samples)
         out_rows.append(row)
+        if name.startswith("actdistill") and r.get("layer_usage_per_task"):
+            layer_usage_report(r, out / f"eval-{name}")  # per-task layer usage: markdown + heatmap
     t_pol = next(r["policy_gflops"] for r in out_rows if r["name"] == "teacher")
     for r in out_rows:
         r["ideal_speedup"] = t_pol / r["policy_gflops"]
+        r["speedup_of_ideal"] = r["speedup"] / r["ideal_speedup"]
     results = {"benchmark": "metaworld-MT10", "config": {"run": rc.to_dict(), "bench": cfg.to_dict()}, "hard_tasks": hard,
-               "rows": out_rows}
+               **(extra or {}), "rows": out_rows}
     atomic_write_json(out / "mt10.json", results)
     atomic_write_bytes(out / "mt10.md", bench_table(out_rows).encode())
     pareto_plot(out_rows, out / "pareto.png")
@@ -228,8 +258,8 @@ def _compiled(policy):
 
 def bench_table(rows: list[dict]) -> str:
     head = ("| row | success (95% CI) | hard tasks | delta vs ActDistill [95% CI] | layers | decoder GFLOPs | "
-            "policy GFLOPs | latency ms | speedup | ideal |")
-    lines = [head, "|" + "---|" * 10]
+            "policy GFLOPs | latency ms | speedup | ideal | peak MiB |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         lo, hi = r["success_ci95"]
         d = r.get("delta_vs_actdistill")
@@ -237,7 +267,8 @@ def bench_table(rows: list[dict]) -> str:
         hard = f"{r['success_hard']:.3f}" if r.get("success_hard") is not None else ""
         lines.append(f"| {r['name']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {hard} | {d_s} | "
                      f"{r['layers_executed_frac']:.2f} | {r['decoder_gflops']:.4f} | {r['policy_gflops']:.4f} | "
-                     f"{r['latency_ms_median']:.2f} | {r['speedup']:.2f} | {r['ideal_speedup']:.2f} |")
+                     f"{r['latency_ms_median']:.2f} | {r['speedup']:.2f} | {r['ideal_speedup']:.2f} | "
+                     f"{r['peak_memory_mb']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
