@@ -28,6 +28,7 @@ MT10_TASKS: tuple[str, ...] = (
     "window-close-v3",
 )
 DECODERS: tuple[str, ...] = ("llama", "qwen2", "mistral", "gemma", "gemma2", "gemma3")
+HEADS: tuple[str, ...] = ("regression", "diffusion", "discrete")  # action-head families (models/heads.py)
 CAMERAS: tuple[str, ...] = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 
 
@@ -178,8 +179,12 @@ class ModelConfig(_Base):
     attn_implementation: str = "sdpa"
     decoder: str = "llama"  # transformers family of the backbone: llama, qwen2, mistral, gemma, gemma2, gemma3
     sliding_window: int = 0  # window of sliding-attention layers (gemma2/3, mistral); 0: the family's default
+    action_head: str = "regression"  # regression (chunk MSE), diffusion (DDPM/DDIM), discrete (binned action tokens)
+    diffusion_steps: int = 100  # DDPM training timesteps (diffusion head)
+    ddim_steps: int = 10  # DDIM sampling steps at inference (diffusion head)
+    action_bins: int = 256  # uniform bins per action dimension over [-1, 1] (discrete head)
 
-    _LATER_FIELDS = ("decoder", "sliding_window")
+    _LATER_FIELDS = ("decoder", "sliding_window", "action_head", "diffusion_steps", "ddim_steps", "action_bins")
 
     def __post_init__(self) -> None:
         _positive(self, "image_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
@@ -193,6 +198,10 @@ class ModelConfig(_Base):
         _check(self.attn_implementation in ("sdpa", "eager"), "ModelConfig.attn_implementation must be 'sdpa' or 'eager'.")
         _check(self.decoder in DECODERS, f"ModelConfig.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}.")
         _check(self.sliding_window >= 0, "ModelConfig.sliding_window must be >= 0.")
+        _check(self.action_head in HEADS, f"ModelConfig.action_head must be one of {', '.join(HEADS)}, got {self.action_head!r}.")
+        _positive(self, "diffusion_steps", "ddim_steps", "action_bins")
+        _check(self.ddim_steps <= self.diffusion_steps, "ModelConfig.ddim_steps must be <= diffusion_steps.")
+        _check(self.action_bins >= 2, "ModelConfig.action_bins must be >= 2.")
 
     # Token layout: [language | state | vision | action queries]; spans are (start, end).
     @property

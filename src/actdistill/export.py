@@ -22,6 +22,7 @@ from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_wri
 from actdistill.config import DistillConfig, EvalConfig, ExportConfig, ModelConfig, SimConfig
 from actdistill.constants import CONFIG_FILE, WEIGHTS_FILE
 from actdistill.distill.routing import RoutedStudent
+from actdistill.models.heads import check_head_family
 
 
 def training_placements(dataset_path: Path) -> dict[str, list[int]]:
@@ -36,6 +37,7 @@ def _student_from_distill(distill_dir: Path) -> tuple[RoutedStudent, dict, dict]
     dcfg = DistillConfig.from_dict(cfg_json["distill"])
     mcfg = ModelConfig.from_dict(cfg_json["model"])
     weights = load_checked_weights(distill_dir, header, "distilled student weights", "distill again")
+    check_head_family(weights, mcfg.action_head, Path(distill_dir) / WEIGHTS_FILE, prefix="vla.head.")
     student = RoutedStudent(mcfg, router_dim=dcfg.router_dim, tau=dcfg.tau)
     kept = {k: v for k, v in weights.items() if not k.startswith("probes.")}
     student.load_state_dict(kept, strict=True)
@@ -104,6 +106,7 @@ def load_student(folder: Path) -> RoutedStudent:
     cfg = read_json(folder / CONFIG_FILE, "the student config")
     student = RoutedStudent(ModelConfig.from_dict(cfg["model"]), router_dim=cfg["router_dim"], tau=cfg["tau"])
     weights = load_checked_weights(folder, header, "student weights", "export it again")
+    check_head_family(weights, student.vla.config.action_head, folder / WEIGHTS_FILE, prefix="vla.head.")
     try:
         student.load_state_dict(weights, strict=True)
     except RuntimeError as err:

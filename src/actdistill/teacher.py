@@ -12,6 +12,7 @@ from actdistill.config import ConfigError, TeacherConfig
 from actdistill.constants import CONFIG_FILE, WEIGHTS_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
+from actdistill.models.heads import check_head_family
 from actdistill.models.vla import ReferenceVLA
 from actdistill.training import train_loop
 
@@ -58,6 +59,7 @@ def load_teacher(folder: Path) -> tuple[ReferenceVLA, dict]:
     cfg = TeacherConfig.from_dict(cfg_json)
     model = ReferenceVLA(cfg.model)
     weights = load_checked_weights(folder, header, "teacher weights", "train it again")
+    check_head_family(weights, cfg.model.action_head, folder / WEIGHTS_FILE)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ArtifactError(f"{folder / WEIGHTS_FILE} is a checkpoint of another model ({len(missing)} missing, "

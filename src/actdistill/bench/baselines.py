@@ -58,12 +58,15 @@ def static_prune_student(teacher: ReferenceVLA, keep: int, similarity: torch.Ten
 
 def task_loss(student: RoutedStudent, batch: dict) -> tuple[torch.Tensor, dict]:
     out = student.forward_train(batch)
-    loss = action_loss(out["action"], batch[ACTION], batch.get(ACTION_PAD))
+    loss = student.vla.task_loss(out["final"], batch)
     return loss, {"loss": loss.item()}
 
 
 def router_kd_loss(student: RoutedStudent, teacher: ReferenceVLA, batch: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
     """Task loss + distillation from the teacher's final action only (+ the same gate terms as ActDistill)."""
+    if student.vla.config.action_head != "regression":
+        raise ValueError(f"The router-KD baseline distils the teacher's continuous action output, which needs a regression "
+                         f"head; this student has a {student.vla.config.action_head!r} head.")
     out = student.forward_train(batch)
     with torch.no_grad():
         target = teacher.predict(batch)

@@ -97,7 +97,10 @@ class RoutedStudent(PolicyMixin, nn.Module):
             f = bb.layer(l, h, ctx)
             h = h + m[:, None, None] * (f - h)
             hidden.append(h)
-        out = {"action": self.vla.action_head(bb.norm(h)), "gates": g, "hidden": hidden}
+        final = bb.norm(h)
+        out = {"final": final, "gates": g, "hidden": hidden}
+        if self.vla.config.action_head == "regression":  # deterministic and cheap; the other heads sample or arg-max
+            out["action"] = self.vla.action_head(final)
         if self.probes is not None:
             out["semantic"], out["probe_action"] = self.probes(hidden)
         return out

@@ -19,7 +19,6 @@ from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
 from actdistill.distill.losses import action_stream_loss, gate_losses, layer_weights, semantic_loss
 from actdistill.distill.routing import RoutedStudent
-from actdistill.models.vla import action_loss
 from actdistill.probe.stage import load_probe_artifact
 from actdistill.teacher import load_teacher
 from actdistill.training import train_loop
@@ -28,10 +27,11 @@ from actdistill.training import train_loop
 def distill_loss(student: RoutedStudent, batch: dict, cache, cfg: DistillConfig, soft: bool) -> tuple[torch.Tensor, dict]:
     out = student.forward_train(batch, soft=soft)
     z_t, a_t = cache.lookup(batch[SAMPLE_ID])
-    z_t, a_t = z_t.to(out["action"].device), a_t.to(out["action"].device)
-    w = layer_weights(student.num_layers, cfg.gamma).to(out["action"].device)
+    device = out["final"].device
+    z_t, a_t = z_t.to(device), a_t.to(device)
+    w = layer_weights(student.num_layers, cfg.gamma).to(device)
     pad = batch.get(ACTION_PAD)
-    l_task = action_loss(out["action"], batch[ACTION], pad)
+    l_task = student.vla.task_loss(out["final"], batch)  # the head family's own loss
     l_sem = semantic_loss(out["semantic"], z_t, w, cfg.eta)
     l_act = action_stream_loss(out["probe_action"], batch[ACTION], a_t, w, pad)
     g = out["gates"]

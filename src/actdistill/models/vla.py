@@ -3,7 +3,8 @@
 Tokens (spans from `ModelConfig.spans`, never hard-coded slices):
     [language (2) | state (1) | vision patches (16) | action query (1)]
 -> Llama decoder layers driven one by one (models/backbone.py)
--> final norm -> linear head on the action-query tokens -> action chunk (B, chunk, 4).
+-> final norm -> action head on the action-query ("cognition") tokens -> action chunk (B, chunk, 4).
+The head is one of three families (models/heads.py): regression, diffusion, discrete.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from actdistill.config import ModelConfig
-from actdistill.constants import ACTION, ACTION_DIM, ACTION_PAD, OBS_IMAGE, OBS_LANG, OBS_STATE, STATE_DIM
+from actdistill.constants import ACTION, ACTION_PAD, OBS_IMAGE, OBS_LANG, OBS_STATE, STATE_DIM
 from actdistill.models.backbone import DecoderBackbone
+from actdistill.models.heads import action_loss, build_head
 from actdistill.models.policy import PolicyMixin
 
 
@@ -42,7 +43,7 @@ class ConvPatchEncoder(nn.Module):
 
 
 class ReferenceVLA(PolicyMixin, nn.Module):
-    """Continuous action-chunk VLA with a Llama decoder core."""
+    """Action-chunk VLA with a transformers decoder core and a regression, diffusion or discrete action head."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -57,7 +58,8 @@ class ReferenceVLA(PolicyMixin, nn.Module):
         self.backbone = DecoderBackbone.build(config.decoder, d, config.num_layers, config.num_heads, config.num_kv_heads,
                                               config.intermediate_size, config.seq_len, config.attn_implementation,
                                               config.sliding_window or None)
-        self.head = nn.Linear(config.num_query_tokens * d, config.chunk_size * ACTION_DIM)
+        self.head = build_head(config.action_head, config.num_query_tokens * d, config.chunk_size,
+                               train_steps=config.diffusion_steps, ddim_steps=config.ddim_steps, bins=config.action_bins)
         # Dataset statistics of the state, set by the trainer and saved with the weights.
         self.register_buffer("state_mean", torch.zeros(STATE_DIM))
         self.register_buffer("state_std", torch.ones(STATE_DIM))
@@ -86,10 +88,18 @@ class ReferenceVLA(PolicyMixin, nn.Module):
         assert h.shape[1] == self.config.seq_len
         return h
 
-    def action_head(self, h_normed: torch.Tensor) -> torch.Tensor:
+    def cognition(self, h_normed: torch.Tensor) -> torch.Tensor:
+        """The head's condition: the final-normed action-query tokens, flattened (B, n_query * D)."""
         q0, q1 = self.config.spans["queries"]
-        out = self.head(h_normed[:, q0:q1].flatten(1))  # (B, chunk * 4)
-        return out.view(-1, self.config.chunk_size, ACTION_DIM)  # (B, chunk, 4)
+        return h_normed[:, q0:q1].flatten(1)
+
+    def action_head(self, h_normed: torch.Tensor) -> torch.Tensor:
+        """Continuous actions (B, chunk, 4) from the final-normed hidden states, whatever the head family."""
+        return self.head.decode(self.cognition(h_normed))
+
+    def task_loss(self, h_normed: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The head family's own training loss (MSE, DDPM noise MSE or bin cross-entropy)."""
+        return self.head.loss(self.cognition(h_normed), batch[ACTION], batch.get(ACTION_PAD))
 
     def predict(self, batch: dict) -> torch.Tensor:
         return self.action_head(self.backbone(self.embed(batch)))
@@ -99,15 +109,8 @@ class ReferenceVLA(PolicyMixin, nn.Module):
         return chunk, torch.ones(chunk.shape[0], self.num_layers, dtype=torch.bool)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        pred = self.predict(batch)
-        loss = action_loss(pred, batch[ACTION], batch.get(ACTION_PAD))
+        loss = self.task_loss(self.backbone(self.embed(batch)), batch)
         return loss, {"loss": loss.item()}
 
 
-def action_loss(pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
-    """MSE over the chunk steps that lie inside the episode. pred, target: (B, chunk, 4); pad: (B, chunk) bool."""
-    err = F.mse_loss(pred, target, reduction="none").mean(-1)  # (B, chunk)
-    if pad is None:
-        return err.mean()
-    valid = (~pad).float()
-    return (err * valid).sum() / valid.sum().clamp_min(1.0)
+__all__ = ["ConvPatchEncoder", "ReferenceVLA", "action_loss"]
