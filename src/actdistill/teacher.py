@@ -14,7 +14,7 @@ from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
 from actdistill.models.heads import check_head_family
 from actdistill.models.vla import ReferenceVLA
-from actdistill.training import train_loop
+from actdistill.training import distributed_summary, main_process_writes, train_loop
 
 
 def train_teacher(cfg: TeacherConfig, dataset_path: Path, out_dir: Path, progress: bool = True,
@@ -37,6 +37,10 @@ def train_teacher(cfg: TeacherConfig, dataset_path: Path, out_dir: Path, progres
                         stop_after=stop_after)
     if result.steps < cfg.train.steps:
         return {"stopped_at": result.steps}
+    return main_process_writes(out_dir, lambda: _write_teacher(model, cfg, data, tasks, result, out_dir))
+
+
+def _write_teacher(model, cfg: TeacherConfig, data, tasks, result, out_dir: Path) -> dict:
     weights = model.state_dict()
     atomic_save_tensors(out_dir / WEIGHTS_FILE, weights)
     atomic_write_json(out_dir / CONFIG_FILE, {**cfg.to_dict(), "tasks": list(tasks)})
@@ -44,7 +48,8 @@ def train_teacher(cfg: TeacherConfig, dataset_path: Path, out_dir: Path, progres
     summary = {"weights": str(out_dir / WEIGHTS_FILE), "parameters": n_params, "steps": result.steps,
                "final_loss": round(result.final_loss, 5), "seconds": round(result.seconds, 1),
                "resumed_from": result.resumed_from, "frames": len(data),
-               "passes": round(result.steps * cfg.train.batch_size / len(data), 2)}
+               "passes": round(result.steps * cfg.train.batch_size * result.processes / len(data), 2),
+               **distributed_summary(result)}
     write_header(out_dir, make_header("train-teacher", cfg.to_dict(), inputs={"dataset": data.fingerprint},
                                       weights_hash=hash_tensors(weights), tasks=list(tasks), summary=summary))
     return summary

@@ -44,6 +44,37 @@ class TrainResult:
     final_loss: float
     resumed_from: int
     history: list[dict]
+    processes: int = 1
+    rank_weight_hashes: list[str] | None = None  # one per process when several trained together (all equal)
+
+
+def distributed_state():
+    """Accelerate's process state (one process, or the ranks `torchrun` / `accelerate launch` started)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (loss functions read its attributes; the forward goes through the wrapper)."""
+    return getattr(model, "module", model)
+
+
+def distributed_summary(result: TrainResult) -> dict:
+    """Summary fields of a multi-process training (none for a single process, so its outputs stay as they were)."""
+    if result.processes == 1:
+        return {}
+    return {"processes": result.processes, "rank_weight_hashes": result.rank_weight_hashes}
+
+
+def main_process_writes(out_dir: Path, write: Callable[[], dict]) -> dict:
+    """Run `write` (the stage's outputs) on the main process only; the other ranks wait and read its summary."""
+    from actdistill.constants import HEADER_FILE
+
+    state = distributed_state()
+    summary = write() if state.is_main_process else None
+    state.wait_for_everyone()
+    return summary if summary is not None else read_json(Path(out_dir) / HEADER_FILE, "the header the main process wrote")["summary"]
 
 
 def batch_indices(n: int, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
@@ -114,13 +145,16 @@ def train_loop(
     `stop_after` ends the loop early at that step (after checkpointing), to test kill-and-resume.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "ckpt"
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # Unused parameters are normal here (a wrapped decoder's token embedding when embeddings are fed in, a
+    # user's VLA parts that the loss does not reach); DDP must not wait for their gradients.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     set_seed(cfg.seed)
     loss_fn = loss_fn or (lambda m, b, s: m(b))
     groups = [(list(params if params is not None else model.parameters()), 1.0)] + list(extra_groups or [])
@@ -184,7 +218,18 @@ def train_loop(
     bar.close()
     model = accelerator.unwrap_model(model)
     model.eval()
-    return TrainResult(steps=end, seconds=time.time() - t0, final_loss=last_loss, resumed_from=start, history=history)
+    hashes = None
+    if accelerator.num_processes > 1:  # data-parallel ranks must end with the same weights
+        from accelerate.utils import gather_object
+
+        from actdistill.artifacts import hash_tensors
+
+        hashes = gather_object([hash_tensors(model.state_dict())])
+        if len(set(hashes)) > 1:
+            raise TrainingDiverged(f"{stage}: the {accelerator.num_processes} processes ended with different weights "
+                                   f"(hashes {', '.join(h[:8] for h in hashes)}); nothing was written.")
+    return TrainResult(steps=end, seconds=time.time() - t0, final_loss=last_loss, resumed_from=start, history=history,
+                       processes=accelerator.num_processes, rank_weight_hashes=hashes)
 
 
 def _append_log(out_dir: Path, records: list[dict]) -> None:

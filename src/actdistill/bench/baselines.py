@@ -24,6 +24,7 @@ from actdistill.distill.routing import RoutedStudent
 from actdistill.models.policy import PolicyMixin
 from actdistill.models.vla import ReferenceVLA, action_loss
 from actdistill.probe.graph import LayerProbes
+from actdistill.training import unwrap
 
 
 @torch.no_grad()
@@ -56,18 +57,19 @@ def static_prune_student(teacher: ReferenceVLA, keep: int, similarity: torch.Ten
     return student
 
 
-def task_loss(student: RoutedStudent, batch: dict) -> tuple[torch.Tensor, dict]:
-    out = student.forward_train(batch)
-    loss = student.vla.task_loss(out["final"], batch)
+def task_loss(model: RoutedStudent, batch: dict) -> tuple[torch.Tensor, dict]:
+    out = model(batch)  # through the DDP wrapper when several processes train
+    loss = unwrap(model).vla.task_loss(out["final"], batch)
     return loss, {"loss": loss.item()}
 
 
-def router_kd_loss(student: RoutedStudent, teacher: ReferenceVLA, batch: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
+def router_kd_loss(model: RoutedStudent, teacher: ReferenceVLA, batch: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
     """Task loss + distillation from the teacher's final action only (+ the same gate terms as ActDistill)."""
+    student = unwrap(model)
     if student.vla.config.action_head != "regression":
         raise ValueError(f"The router-KD baseline distils the teacher's continuous action output, which needs a regression "
                          f"head; this student has a {student.vla.config.action_head!r} head.")
-    out = student.forward_train(batch)
+    out = model(batch)
     with torch.no_grad():
         target = teacher.predict(batch)
     pad = batch.get(ACTION_PAD)

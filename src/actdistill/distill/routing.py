@@ -105,6 +105,10 @@ class RoutedStudent(PolicyMixin, nn.Module):
             out["semantic"], out["probe_action"] = self.probes(hidden)
         return out
 
+    def forward(self, batch: dict, soft: bool = False) -> dict:
+        """The training pass (`forward_train`), so that a DDP wrapper sees it and synchronises gradients."""
+        return self.forward_train(batch, soft=soft)
+
     @torch.no_grad()
     def routed_decode(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Inference: run layer l only on the rows with mask[:, l]; rows that skip it are not computed."""

@@ -21,11 +21,12 @@ from actdistill.distill.losses import action_stream_loss, gate_losses, layer_wei
 from actdistill.distill.routing import RoutedStudent
 from actdistill.probe.stage import load_probe_artifact
 from actdistill.teacher import load_teacher
-from actdistill.training import train_loop
+from actdistill.training import distributed_summary, main_process_writes, train_loop, unwrap
 
 
-def distill_loss(student: RoutedStudent, batch: dict, cache, cfg: DistillConfig, soft: bool) -> tuple[torch.Tensor, dict]:
-    out = student.forward_train(batch, soft=soft)
+def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, soft: bool) -> tuple[torch.Tensor, dict]:
+    out = model(batch, soft=soft)  # through the DDP wrapper when several processes train
+    student = unwrap(model)
     z_t, a_t = cache.lookup(batch[SAMPLE_ID])
     device = out["final"].device
     z_t, a_t = z_t.to(device), a_t.to(device)
@@ -71,20 +72,24 @@ def run_distill(cfg: DistillConfig, teacher_dir: Path, probe_dir: Path, dataset_
                         progress=progress, stop_after=stop_after)
     if result.steps < cfg.train.steps:
         return {"stopped_at": result.steps}
-    weights = student.state_dict()
-    atomic_save_tensors(out_dir / WEIGHTS_FILE, weights)
-    atomic_write_json(out_dir / CONFIG_FILE, {"distill": cfg.to_dict(), "model": teacher.config.to_dict(),
-                                             "probe": read_json(Path(probe_dir) / CONFIG_FILE, "the probe config"),
-                                             "tasks": tinfo["tasks"]})
-    gate_means = _gate_means(student, data)
-    last = result.history[-1] if result.history else {}
-    summary = {"weights": str(out_dir / WEIGHTS_FILE), "steps": result.steps, "seconds": round(result.seconds, 1),
-               "final": {k: round(v, 5) for k, v in last.items() if isinstance(v, float)},
-               "train_keep_ratio": round(float(gate_means.mean()), 4),
-               "gate_mean_per_layer": [round(float(v), 4) for v in gate_means]}
-    write_header(out_dir, make_header("distill", cfg.to_dict(), inputs={"teacher": teacher_hash, "cache": cache.fingerprint},
-                                      weights_hash=hash_tensors(weights), summary=summary))
-    return summary
+
+    def write() -> dict:
+        weights = student.state_dict()
+        atomic_save_tensors(out_dir / WEIGHTS_FILE, weights)
+        atomic_write_json(out_dir / CONFIG_FILE, {"distill": cfg.to_dict(), "model": teacher.config.to_dict(),
+                                                 "probe": read_json(Path(probe_dir) / CONFIG_FILE, "the probe config"),
+                                                 "tasks": tinfo["tasks"]})
+        gate_means = _gate_means(student, data)
+        last = result.history[-1] if result.history else {}
+        summary = {"weights": str(out_dir / WEIGHTS_FILE), "steps": result.steps, "seconds": round(result.seconds, 1),
+                   "final": {k: round(v, 5) for k, v in last.items() if isinstance(v, float)},
+                   "train_keep_ratio": round(float(gate_means.mean()), 4),
+                   "gate_mean_per_layer": [round(float(v), 4) for v in gate_means], **distributed_summary(result)}
+        write_header(out_dir, make_header("distill", cfg.to_dict(), inputs={"teacher": teacher_hash, "cache": cache.fingerprint},
+                                          weights_hash=hash_tensors(weights), summary=summary))
+        return summary
+
+    return main_process_writes(out_dir, write)
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ from actdistill.distill.losses import _mse
 from actdistill.models.vla import ReferenceVLA
 from actdistill.probe.graph import LayerProbes
 from actdistill.teacher import load_teacher
-from actdistill.training import train_loop
+from actdistill.training import distributed_summary, main_process_writes, train_loop
 
 PROBES_FILE = "probes.safetensors"
 
@@ -74,38 +74,42 @@ def run_probe(cfg: ProbeConfig, teacher_dir: Path, dataset_path: Path, out_dir: 
     if result.steps < cfg.train.steps:
         return {"stopped_at": result.steps}
 
-    # One deterministic pass over every frame writes the cache.
-    t0 = time.time()
-    probes.eval()
-    n = len(data)
-    sem, act, err_sum = [], [], torch.zeros(teacher.num_layers)
-    with torch.no_grad():
-        for start in tqdm(range(0, n, cfg.cache_batch_size), desc="teacher cache", disable=not progress):
-            idx = torch.arange(start, min(start + cfg.cache_batch_size, n))
-            batch = data.batch(idx)
-            z, a = probes(teacher_hidden(teacher, batch))
-            _, per_layer = prep_loss(a, batch)
-            err_sum += per_layer * len(idx)
-            sem.append(z)
-            act.append(a)
-    probe_weights = probes.state_dict()
-    heads_hash = hash_tensors(probe_weights)
-    fingerprint = {"teacher_weights": teacher_hash, "dataset": data.fingerprint, "heads": heads_hash}
-    cache = TeacherCache(torch.cat(sem), torch.cat(act), torch.arange(n), fingerprint)
-    cache.save(out_dir / CACHE_FILE)
-    atomic_save_tensors(out_dir / PROBES_FILE, probe_weights)
-    atomic_write_json(out_dir / CONFIG_FILE, cfg.to_dict())
+    def write() -> dict:
+        # One deterministic pass over every frame writes the cache (main process only; every rank of
+        # a later distillation reads it).
+        t0 = time.time()
+        probes.eval()
+        n = len(data)
+        sem, act, err_sum = [], [], torch.zeros(teacher.num_layers)
+        with torch.no_grad():
+            for start in tqdm(range(0, n, cfg.cache_batch_size), desc="teacher cache", disable=not progress):
+                idx = torch.arange(start, min(start + cfg.cache_batch_size, n))
+                batch = data.batch(idx)
+                z, a = probes(teacher_hidden(teacher, batch))
+                _, per_layer = prep_loss(a, batch)
+                err_sum += per_layer * len(idx)
+                sem.append(z)
+                act.append(a)
+        probe_weights = probes.state_dict()
+        heads_hash = hash_tensors(probe_weights)
+        fingerprint = {"teacher_weights": teacher_hash, "dataset": data.fingerprint, "heads": heads_hash}
+        cache = TeacherCache(torch.cat(sem), torch.cat(act), torch.arange(n), fingerprint)
+        cache.save(out_dir / CACHE_FILE)
+        atomic_save_tensors(out_dir / PROBES_FILE, probe_weights)
+        atomic_write_json(out_dir / CONFIG_FILE, cfg.to_dict())
 
-    layer_err = (err_sum / n).tolist()
-    report_probe_error(layer_err, out_dir)
-    summary = {"probes": str(out_dir / PROBES_FILE), "cache": str(out_dir / CACHE_FILE), "samples": n,
-               "steps": result.steps, "train_seconds": round(result.seconds, 1), "cache_seconds": round(time.time() - t0, 1),
-               "seconds": round(result.seconds + time.time() - t0, 1), "final_loss": round(result.final_loss, 5),
-               "probe_mse_per_layer": [round(e, 5) for e in layer_err],
-               "parameters": sum(p.numel() for p in probes.parameters())}
-    write_header(out_dir, make_header("probe", cfg.to_dict(), inputs={"teacher": teacher_hash, "dataset": data.fingerprint},
-                                      fingerprint=fingerprint, summary=summary))
-    return summary
+        layer_err = (err_sum / n).tolist()
+        report_probe_error(layer_err, out_dir)
+        summary = {"probes": str(out_dir / PROBES_FILE), "cache": str(out_dir / CACHE_FILE), "samples": n,
+                   "steps": result.steps, "train_seconds": round(result.seconds, 1), "cache_seconds": round(time.time() - t0, 1),
+                   "seconds": round(result.seconds + time.time() - t0, 1), "final_loss": round(result.final_loss, 5),
+                   "probe_mse_per_layer": [round(e, 5) for e in layer_err],
+                   "parameters": sum(p.numel() for p in probes.parameters()), **distributed_summary(result)}
+        write_header(out_dir, make_header("probe", cfg.to_dict(), inputs={"teacher": teacher_hash, "dataset": data.fingerprint},
+                                          fingerprint=fingerprint, summary=summary))
+        return summary
+
+    return main_process_writes(out_dir, write)
 
 
 def report_probe_error(layer_err: list[float], out_dir: Path) -> None:

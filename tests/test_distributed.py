@@ -1,0 +1,101 @@
+"""Two gloo processes on this CPU (torchrun + Accelerate) train like one process with the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from actdistill.artifacts import load_tensors
+from actdistill.config import DistillConfig, ProbeConfig, TrainConfig
+from actdistill.models.vla import ReferenceVLA
+from actdistill.probe.stage import build_probes
+from actdistill.teacher import load_teacher
+from tests.conftest import tiny_teacher_config
+
+STEPS = 4
+
+
+def _train(batch_size: int) -> TrainConfig:
+    return TrainConfig(steps=STEPS, batch_size=batch_size, lr=2e-3, warmup_steps=1, checkpoint_every=STEPS, shift_augment=0)
+
+
+def _configs(batch_size: int) -> dict[str, dict]:
+    teacher = tiny_teacher_config()
+    return {
+        "train-teacher": {"model": teacher.model.to_dict(), "train": _train(batch_size).to_dict()},
+        "probe": ProbeConfig(semantic_dim=16, graph_dim=16, affinity_dim=8, k=4, train=_train(batch_size)).to_dict(),
+        "distill": DistillConfig(rho=0.5, router_dim=8, router_init_bias=0.0, soft_warmup_steps=0,
+                                 train=_train(batch_size)).to_dict(),
+    }
+
+
+def _run(stage: str, processes: int, out, cfg: dict, demos, teacher=None, probe=None) -> None:
+    cfg_path = out.parent / f"{out.name}.json"
+    cfg_path.write_text(json.dumps(cfg))
+    args = ["-m", "actdistill.cli", stage, "--data", str(demos), "--out", str(out), "--config", str(cfg_path), "--no-progress"]
+    args += ["--teacher", str(teacher)] if teacher else []
+    args += ["--probe", str(probe)] if probe else []
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] if processes > 1 else [sys.executable]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(launch + args, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _summary(folder) -> dict:
+    return json.loads((folder / "header.json").read_text())["summary"]
+
+
+def _relative_gap(one: dict, two: dict, init: dict) -> float:
+    """|two - one| over the size of one's training update |one - init|, on the tensors `init` holds.
+
+    Not zero: each rank averages its loss over its own unpadded chunk steps before DDP averages the
+    gradients, and AdamW's normalised steps flip the sign of near-zero gradients; both are small
+    next to the update itself."""
+    gap = sum(float(((two[k] - one[k]).double() ** 2).sum()) for k in init) ** 0.5
+    update = sum(float(((one[k] - init[k]).double() ** 2).sum()) for k in init) ** 0.5
+    assert update > 0
+    return gap / update
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tiny_demos, tmp_path):
+    one, two = _configs(batch_size=16), _configs(batch_size=8)  # 2 x 8 = 16 frames per step either way
+    # teacher
+    _run("train-teacher", 1, tmp_path / "t1", one["train-teacher"], tiny_demos)
+    _run("train-teacher", 2, tmp_path / "t2", two["train-teacher"], tiny_demos)
+    s = _summary(tmp_path / "t2")
+    assert s["processes"] == 2 and len(set(s["rank_weight_hashes"])) == 1  # both ranks ended with identical weights
+    assert "processes" not in _summary(tmp_path / "t1")
+    cfg = tiny_teacher_config()
+    torch.manual_seed(cfg.train.seed)  # the teacher's initial weights, as train_teacher draws them
+    init = ReferenceVLA(cfg.model).state_dict()
+    t1, t2 = (load_tensors(tmp_path / t / "model.safetensors", t) for t in ("t1", "t2"))
+    gaps = {"teacher": _relative_gap(t1, t2, init)}
+    # control: one process with half the global batch (what training would be if rank 1's gradients were lost)
+    _run("train-teacher", 1, tmp_path / "t-half", two["train-teacher"], tiny_demos)
+    control = _relative_gap(t1, load_tensors(tmp_path / "t-half" / "model.safetensors", "half"), init)
+    assert gaps["teacher"] < 0.5 * control, (gaps, control)
+    # probe: both runs probe the same teacher; rank 0 alone writes the cache
+    _run("probe", 1, tmp_path / "p1", one["probe"], tiny_demos, teacher=tmp_path / "t2")
+    _run("probe", 2, tmp_path / "p2", two["probe"], tiny_demos, teacher=tmp_path / "t2")
+    assert _summary(tmp_path / "p2")["processes"] == 2
+    assert sorted(p.name for p in (tmp_path / "p2").iterdir() if p.name.endswith(".tmp")) == []
+    teacher, _ = load_teacher(tmp_path / "t2")
+    pcfg = ProbeConfig.from_dict(one["probe"])
+    torch.manual_seed(pcfg.train.seed)
+    init = build_probes(pcfg, teacher).state_dict()
+    p1, p2 = (load_tensors(tmp_path / p / "probes.safetensors", p) for p in ("p1", "p2"))
+    gaps["probe"] = _relative_gap(p1, p2, init)
+    c1, c2 = (load_tensors(tmp_path / p / "teacher_cache.safetensors", p) for p in ("p1", "p2"))
+    assert c1.keys() == c2.keys() and all(c1[k].shape == c2[k].shape for k in c1)
+    # distillation: every rank reads the cache rank 0 wrote
+    _run("distill", 1, tmp_path / "d1", one["distill"], tiny_demos, teacher=tmp_path / "t2", probe=tmp_path / "p2")
+    _run("distill", 2, tmp_path / "d2", two["distill"], tiny_demos, teacher=tmp_path / "t2", probe=tmp_path / "p2")
+    s = _summary(tmp_path / "d2")
+    assert s["processes"] == 2 and len(set(s["rank_weight_hashes"])) == 1
+    d1, d2 = (load_tensors(tmp_path / d / "model.safetensors", d) for d in ("d1", "d2"))
+    init = {f"vla.{k}": v for k, v in t2.items()}  # the student starts as the teacher
+    gaps["distill"] = _relative_gap(d1, d2, init)
+    assert all(g < 0.1 for g in gaps.values()), gaps
