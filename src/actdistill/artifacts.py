@@ -101,6 +101,13 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def atomic_save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    seen: dict[tuple, str] = {}
+    for k, v in tensors.items():
+        key = (v.device, v.untyped_storage().data_ptr())
+        if v.numel() and key in seen:
+            raise ArtifactError(f"{seen[key]!r} and {k!r} share memory (a module held twice, or tied weights), and {path} must "
+                                "store each tensor once; for a VLM's language model build DecoderBackbone(vlm, register=False).")
+        seen[key] = k
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     _atomic(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
 

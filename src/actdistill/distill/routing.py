@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from actdistill.config import ModelConfig
+from actdistill.models.contract import check_spans, check_vla
 from actdistill.models.policy import PolicyMixin
 from actdistill.models.vla import ReferenceVLA
 from actdistill.probe.graph import LayerProbes
@@ -49,6 +50,7 @@ class Router(nn.Module):
 
     def logits(self, h0: torch.Tensor) -> torch.Tensor:
         """h0 (B, N, D) -> gate logits (B, L), calibration bias included."""
+        check_spans(self.spans, h0.shape[1])
         v0, v1 = self.spans["vision"]
         l0, l1 = self.spans["language"]
         v = self.norm_vision(self.proj_vision(h0[:, v0:v1]))  # (B, Nv, r)
@@ -63,27 +65,38 @@ class Router(nn.Module):
 class RoutedStudent(PolicyMixin, nn.Module):
     """Teacher copy (weights included) + router; + the layer probes while training (removed by export)."""
 
-    def __init__(self, model_config: ModelConfig, router_dim: int = 64, tau: float = 0.5, init_bias: float = 2.0,
+    def __init__(self, model: ModelConfig | nn.Module, router_dim: int = 64, tau: float = 0.5, init_bias: float = 2.0,
                  probes: LayerProbes | None = None):
+        """`model`: the reference VLA's config (a fresh ReferenceVLA is built) or any VLA module that meets the
+        model contract (models/contract.py), which the student then owns."""
         super().__init__()
-        self.vla = ReferenceVLA(model_config)
-        self.router = Router(model_config.hidden_size, model_config.num_layers, model_config.spans, router_dim, init_bias)
+        if isinstance(model, ModelConfig):
+            model = ReferenceVLA(model)
+        check_vla(model)
+        self.vla = model
+        self.router = Router(model.hidden_size, model.num_layers, model.spans, router_dim, init_bias)
         self.probes = probes
         self.tau = tau
-        self.image_size = model_config.image_size
-        self.n_action_steps = model_config.n_action_steps
+        self.image_size = model.image_size
+        self.n_action_steps = model.n_action_steps
         self.reset()
 
     @classmethod
-    def from_teacher(cls, teacher: ReferenceVLA, probes: LayerProbes | None, **kw) -> "RoutedStudent":
-        """Self-derived student: the teacher's own weights and copies of its trained extractors and probes."""
-        student = cls(teacher.config, probes=copy.deepcopy(probes) if probes is not None else None, **kw)
+    def from_teacher(cls, teacher: nn.Module, probes: LayerProbes | None, **kw) -> RoutedStudent:
+        """Self-derived student: a copy of the teacher (weights included) and copies of its trained extractors and probes."""
+        vla = ReferenceVLA(teacher.config) if isinstance(teacher, ReferenceVLA) else copy.deepcopy(teacher)
+        student = cls(vla, probes=copy.deepcopy(probes) if probes is not None else None, **kw)
         student.vla.load_state_dict(teacher.state_dict())
         return student
 
     @property
     def num_layers(self) -> int:
         return self.vla.num_layers
+
+    def strip_probes(self) -> RoutedStudent:
+        """Drop the graph extractors and probes (training-only parts): what `actdistill export` deploys."""
+        self.probes = None
+        return self
 
     def forward_train(self, batch: dict, soft: bool = False) -> dict:
         """Dense pass with gated residuals (every layer computed, gated to an exact skip when m_l = 0)."""
@@ -99,7 +112,7 @@ class RoutedStudent(PolicyMixin, nn.Module):
             hidden.append(h)
         final = bb.norm(h)
         out = {"final": final, "gates": g, "hidden": hidden}
-        if self.vla.config.action_head == "regression":  # deterministic and cheap; the other heads sample or arg-max
+        if getattr(self.vla, "head_family", None) == "regression":  # deterministic and cheap; others sample or arg-max
             out["action"] = self.vla.action_head(final)
         if self.probes is not None:
             out["semantic"], out["probe_action"] = self.probes(hidden)

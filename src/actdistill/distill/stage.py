@@ -47,12 +47,24 @@ def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, s
 
 def run_distill(cfg: DistillConfig, teacher_dir: Path, probe_dir: Path, dataset_path: Path, out_dir: Path,
                 progress: bool = True, stop_after: int | None = None) -> dict:
-    out_dir = Path(out_dir)
     teacher, tinfo = load_teacher(teacher_dir)
     teacher_hash = tinfo["header"]["weights_hash"]
     demos = read_demos(dataset_path)
     probes, cache, _ = load_probe_artifact(probe_dir, teacher, teacher_hash, demos.fingerprint)
     data = FrameDataset(demos, teacher.config.chunk_size, tuple(tinfo["tasks"]))
+    saved_config = {"model": teacher.config.to_dict(), "probe": read_json(Path(probe_dir) / CONFIG_FILE, "the probe config"),
+                    "tasks": tinfo["tasks"]}
+    return distill_student(cfg, teacher, probes, cache, data, out_dir, progress, stop_after, teacher_hash, saved_config)[1]
+
+
+def distill_student(cfg: DistillConfig, teacher, probes, cache, data: FrameDataset, out_dir: Path, progress: bool = True,
+                    stop_after: int | None = None, teacher_hash: str | None = None,
+                    saved_config: dict | None = None) -> tuple[RoutedStudent, dict]:
+    """Distil any teacher that meets the model contract (models/contract.py), given its probes and cache.
+
+    Returns the routed student (probes still attached; `strip_probes` removes them) and the summary."""
+    out_dir = Path(out_dir)
+    teacher_hash = teacher_hash or hash_tensors(teacher.state_dict())
     if len(data) != cache.sample_ids.numel():
         raise ArtifactError(f"The teacher cache holds {cache.sample_ids.numel()} samples but the dataset {len(data)}; run `actdistill probe` again.")
     torch.manual_seed(cfg.train.seed)
@@ -71,14 +83,12 @@ def run_distill(cfg: DistillConfig, teacher_dir: Path, probe_dir: Path, dataset_
                         identity={"distill": cfg.to_dict(), "teacher": teacher_hash, "cache": cache.fingerprint},
                         progress=progress, stop_after=stop_after)
     if result.steps < cfg.train.steps:
-        return {"stopped_at": result.steps}
+        return student, {"stopped_at": result.steps}
 
     def write() -> dict:
         weights = student.state_dict()
         atomic_save_tensors(out_dir / WEIGHTS_FILE, weights)
-        atomic_write_json(out_dir / CONFIG_FILE, {"distill": cfg.to_dict(), "model": teacher.config.to_dict(),
-                                                 "probe": read_json(Path(probe_dir) / CONFIG_FILE, "the probe config"),
-                                                 "tasks": tinfo["tasks"]})
+        atomic_write_json(out_dir / CONFIG_FILE, {"distill": cfg.to_dict(), **(saved_config or {})})
         gate_means = _gate_means(student, data)
         last = result.history[-1] if result.history else {}
         summary = {"weights": str(out_dir / WEIGHTS_FILE), "steps": result.steps, "seconds": round(result.seconds, 1),
@@ -89,7 +99,7 @@ def run_distill(cfg: DistillConfig, teacher_dir: Path, probe_dir: Path, dataset_
                                           weights_hash=hash_tensors(weights), summary=summary))
         return summary
 
-    return main_process_writes(out_dir, write)
+    return student, main_process_writes(out_dir, write)
 
 
 @torch.no_grad()

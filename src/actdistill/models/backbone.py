@@ -74,9 +74,15 @@ class DecoderBackbone(nn.Module):
     the layer loop reproduces the model's own forward on `inputs_embeds` (tests check Llama, Qwen2, Mistral
     and the Gemma family)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, register: bool = True):
+        """`register=False` when the decoder already belongs to your model (a VLM's `language_model`): the
+        backbone then drives it without holding it as a submodule, so its weights are stored once."""
         super().__init__()
-        self.model = find_decoder(model)
+        decoder = find_decoder(model)
+        if register:
+            self.model = decoder
+        else:
+            object.__setattr__(self, "model", decoder)  # a reference, not a submodule
         self.config = self.model.config
         n = len(self.model.layers)
         types = getattr(self.config, "layer_types", None)

@@ -69,6 +69,22 @@ class ReferenceVLA(PolicyMixin, nn.Module):
     def num_layers(self) -> int:
         return self.backbone.num_layers
 
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def chunk_size(self) -> int:
+        return self.config.chunk_size
+
+    @property
+    def spans(self) -> dict[str, tuple[int, int]]:
+        return self.config.spans
+
+    @property
+    def head_family(self) -> str:
+        return self.config.action_head
+
     # -- the model contract: embed -> layers -> norm -> head -----------------------------------
     def embed(self, batch: dict) -> torch.Tensor:
         """Token embeddings before layer 0: (B, N, D)."""

@@ -21,7 +21,6 @@ from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
 from actdistill.distill.losses import _mse
-from actdistill.models.vla import ReferenceVLA
 from actdistill.probe.graph import LayerProbes
 from actdistill.teacher import load_teacher
 from actdistill.training import distributed_summary, main_process_writes, train_loop
@@ -29,13 +28,12 @@ from actdistill.training import distributed_summary, main_process_writes, train_
 PROBES_FILE = "probes.safetensors"
 
 
-def build_probes(cfg: ProbeConfig, teacher: ReferenceVLA) -> LayerProbes:
-    mc = teacher.config
-    return LayerProbes(mc.num_layers, mc.hidden_size, mc.chunk_size, cfg.semantic_dim, cfg.graph_dim, cfg.affinity_dim,
-                       cfg.k, cfg.heads)
+def build_probes(cfg: ProbeConfig, teacher) -> LayerProbes:
+    return LayerProbes(teacher.num_layers, teacher.hidden_size, teacher.chunk_size, cfg.semantic_dim, cfg.graph_dim,
+                       cfg.affinity_dim, cfg.k, cfg.heads)
 
 
-def teacher_hidden(teacher: ReferenceVLA, batch: dict) -> list[torch.Tensor]:
+def teacher_hidden(teacher, batch: dict) -> list[torch.Tensor]:
     with torch.no_grad():
         _, hidden = teacher.backbone(teacher.embed(batch), return_hidden=True)
     return hidden
@@ -50,15 +48,33 @@ def prep_loss(probe_actions: torch.Tensor, batch: dict) -> tuple[torch.Tensor, t
 
 def run_probe(cfg: ProbeConfig, teacher_dir: Path, dataset_path: Path, out_dir: Path, progress: bool = True,
               stop_after: int | None = None) -> dict:
-    out_dir = Path(out_dir)
     teacher, tinfo = load_teacher(teacher_dir)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     demos = read_demos(dataset_path)
     if tinfo["header"]["inputs"].get("dataset") != demos.fingerprint:
         raise ArtifactError(f"The teacher in {teacher_dir} was trained on dataset {tinfo['header']['inputs'].get('dataset')}, "
                             f"but {dataset_path} is {demos.fingerprint}; probe it with the dataset it was trained on.")
     data = FrameDataset(demos, teacher.config.chunk_size, tuple(tinfo["tasks"]))
+    return train_probes(cfg, teacher, data, out_dir, progress, stop_after, teacher_hash=tinfo["header"]["weights_hash"])
+
+
+def train_probes(cfg: ProbeConfig, teacher, data: FrameDataset, out_dir: Path, progress: bool = True,
+                 stop_after: int | None = None, teacher_hash: str | None = None) -> dict:
+    """Probe any teacher that meets the model contract (models/contract.py) on a FrameDataset; writes to `out_dir`."""
+    out_dir = Path(out_dir)
+    trainable = [p for p in teacher.parameters() if p.requires_grad]
+    for p in trainable:  # the teacher is frozen while probed; its flags are restored afterwards (a student copies them)
+        p.requires_grad_(False)
+    try:
+        return _train_probes(cfg, teacher, data, out_dir, progress, stop_after, teacher_hash)
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+def _train_probes(cfg: ProbeConfig, teacher, data: FrameDataset, out_dir: Path, progress: bool, stop_after: int | None,
+                  teacher_hash: str | None) -> dict:
+    teacher.eval()
+    teacher_hash = teacher_hash or hash_tensors(teacher.state_dict())
     torch.manual_seed(cfg.train.seed)
     probes = build_probes(cfg, teacher)
 
@@ -67,7 +83,6 @@ def run_probe(cfg: ProbeConfig, teacher_dir: Path, dataset_path: Path, out_dir: 
         loss, per_layer = prep_loss(a, batch)
         return loss, {"l_prep": loss.item(), "first": per_layer[0].item(), "last": per_layer[-1].item()}
 
-    teacher_hash = tinfo["header"]["weights_hash"]
     result = train_loop(model=probes, dataset=data, cfg=cfg.train, out_dir=out_dir, stage="probe", loss_fn=loss_fn,
                         identity={"probe": cfg.to_dict(), "teacher": teacher_hash, "dataset": data.fingerprint},
                         progress=progress, stop_after=stop_after)
@@ -133,7 +148,7 @@ def report_probe_error(layer_err: list[float], out_dir: Path) -> None:
     plt.close(fig)
 
 
-def load_probe_artifact(probe_dir: Path, teacher: ReferenceVLA, teacher_hash: str, dataset_fp: str) -> tuple[LayerProbes, TeacherCache, dict]:
+def load_probe_artifact(probe_dir: Path, teacher, teacher_hash: str, dataset_fp: str) -> tuple[LayerProbes, TeacherCache, dict]:
     """The trained probes and the cache, checked against the teacher and dataset at hand."""
     probe_dir = Path(probe_dir)
     header = read_header(probe_dir, "probe")
