@@ -225,3 +225,29 @@ def test_write_errors_name_the_file(tmp_path, monkeypatch):
     with pytest.raises(ArtifactWriteError, match=f"Could not write {tmp_path / 'x.json'}: no space left"):
         atomic_write_json(tmp_path / "x.json", {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tied_weights_are_stored_once_and_tied_again_on_load(tmp_path):
+    """A tensor under two names (tied embeddings, a decoder held by a VLM and by its backbone) checkpoints and resumes."""
+    emb = nn.Embedding(10, 4)
+    head = nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # tied, as in many language models
+    model = nn.ModuleDict({"emb": emb, "head": head})
+    atomic_save_tensors(tmp_path / "w.safetensors", model.state_dict())
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as f:
+        assert sorted(f.keys()) == ["emb.weight"]  # stored once
+    loaded = load_tensors(tmp_path / "w.safetensors", "tied")
+    assert sorted(loaded) == ["emb.weight", "head.weight"] and loaded["emb.weight"] is loaded["head.weight"]
+    fresh = nn.ModuleDict({"emb": nn.Embedding(10, 4), "head": nn.Linear(4, 10, bias=False)})
+    fresh["head"].weight = fresh["emb"].weight
+    fresh.load_state_dict(loaded, strict=True)
+    torch.testing.assert_close(fresh["head"].weight, emb.weight)
+    # the weights hash a header records is the hash of what loads back
+    from actdistill.artifacts import hash_tensors
+
+    assert hash_tensors(loaded) == hash_tensors(model.state_dict())
+    overlapping = {"a": emb.weight, "b": emb.weight[1:]}
+    with pytest.raises(ArtifactError, match="different views of one storage"):
+        atomic_save_tensors(tmp_path / "v.safetensors", overlapping)

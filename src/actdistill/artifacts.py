@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from actdistill import __version__
 from actdistill.constants import HEADER_FILE
@@ -100,16 +100,30 @@ def read_json(path: Path, what: str) -> Any:
         raise ArtifactError(f"{what} at {path} is not valid JSON ({err}); delete it and rerun the stage that writes it.") from err
 
 
+ALIASES_KEY = "actdistill.aliases"  # safetensors metadata: {name: name it shares its tensor with}
+
+
 def atomic_save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    seen: dict[tuple, str] = {}
+    """Write a state dict; a tensor held under two names (tied weights, a module held twice) is stored once."""
+    first: dict[tuple, str] = {}
+    aliases: dict[str, str] = {}
     for k, v in tensors.items():
+        if not v.numel():
+            continue
         key = (v.device, v.untyped_storage().data_ptr())
-        if v.numel() and key in seen:
-            raise ArtifactError(f"{seen[key]!r} and {k!r} share memory (a module held twice, or tied weights), and {path} must "
-                                "store each tensor once; for a VLM's language model build DecoderBackbone(vlm, register=False).")
-        seen[key] = k
-    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
+        if key in first:
+            src = tensors[first[key]]
+            if (v.shape, v.stride(), v.storage_offset(), v.dtype) != (src.shape, src.stride(), src.storage_offset(), src.dtype):
+                raise ArtifactError(f"{first[key]!r} and {k!r} are different views of one storage, which {path} cannot "
+                                    "store; give each its own tensor.")
+            aliases[k] = first[key]
+        else:
+            first[key] = k
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items() if k not in aliases}
+    meta = dict(metadata or {})
+    if aliases:
+        meta[ALIASES_KEY] = json.dumps(aliases)
+    _atomic(path, lambda tmp: save_file(cpu, tmp, metadata=meta or None))
 
 
 def load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -117,8 +131,13 @@ def load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ArtifactError(f"{what} not found at {path}; run the stage that writes it first.")
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+            aliases = json.loads((f.metadata() or {}).get(ALIASES_KEY, "{}"))
+        for name, src in aliases.items():  # tied names share one tensor again
+            tensors[name] = tensors[src]
+        return tensors
+    except (SafetensorError, OSError, ValueError, KeyError) as err:
         raise ArtifactError(f"{what} at {path} is corrupt or truncated ({err}); delete it and rerun the stage that writes it.") from err
 
 
