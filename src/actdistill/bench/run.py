@@ -99,8 +99,7 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     similarity = layer_input_similarity(teacher, data) if cfg.baseline_budgets else None
     n_flop = 8  # samples per counted training step; FLOPs are linear in the batch size
 
-    def training_step_flops(model_cfg, batch_size: int) -> float:
-        torch.manual_seed(0)
+    def training_step_flops(model_cfg, batch_size: int) -> float:  # FLOPs do not depend on the weights drawn
         return train_step_flops(ReferenceVLA(model_cfg), lambda m, b: m(b)[0], data.batch(torch.arange(n_flop))) * batch_size / n_flop
 
     training: dict[str, dict] = {}
