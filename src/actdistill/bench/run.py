@@ -179,8 +179,11 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
                exit_fn, lambda s: f"threshold {s['threshold']:.4f}", lambda s: str(folder))
         evaluate_row(name, folder, weights_hash_of(folder))
 
-        # a smaller model of the student's mean depth, from scratch, with the same training compute
-        # (FLOPs of the teacher's training plus the distillation's, each counted on a real training step)
+    # a smaller model of the student's mean depth, from scratch, with the same training compute
+    # (FLOPs of the teacher's training plus the distillation's, each counted on a real training step);
+    # last, because these are the longest trainings and every cheaper row is worth having first
+    for rho in cfg.baseline_budgets:
+        keep = max(1, int(round(rows[f"actdistill-rho{rho}"]["layers_executed_frac"] * n_layers)))
         name, folder = f"scratch-rho{rho}", out / f"scratch-rho{rho}"
         smodel = dataclasses.replace(rc.teacher.model, num_layers=keep)
         budget = training["teacher"]["flops"] + training["distill"]["flops"]
