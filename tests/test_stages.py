@@ -7,7 +7,7 @@ import torch
 
 from actdistill.artifacts import ArtifactError, load_tensors
 from actdistill.cache import CACHE_FILE, TeacherCache
-from actdistill.config import DistillConfig, ExportConfig, ProbeConfig, SimConfig, TrainConfig
+from actdistill.config import ConfigError, DistillConfig, ExportConfig, ProbeConfig, SimConfig, TrainConfig
 from actdistill.distill.stage import run_distill
 from actdistill.export import _student_from_distill, load_student, run_export
 from actdistill.probe.stage import run_probe
@@ -100,3 +100,43 @@ def test_export_calibrates_to_the_budget(distilled, tiny_demos, tmp_path):
     assert (len(hist) == 1 and in_band) or (len(hist) == 2 and abs(fracs[1] - 0.28) <= abs(fracs[0] - 0.28))
     student = load_student(tmp_path / "x")
     assert float(student.router.gate_bias[0]) == pytest.approx(s["gate_shift"])
+
+
+def test_settling_trains_the_calibrated_masks_and_keeps_them(distilled, probed, tiny_teacher, tiny_demos, tmp_path):
+    out, _ = distilled
+    sim = SimConfig(tasks=TINY_TASKS, image_size=32)
+    cfg = ExportConfig(calib_episodes_per_task=2, calib_rounds=2, max_steps=12, settle_steps=4)
+    with pytest.raises(ConfigError, match="give the teacher and probe folders"):
+        run_export(cfg, out, tiny_demos, tmp_path / "refused", sim, progress=False)
+    s = run_export(cfg, out, tiny_demos, tmp_path / "x", sim, progress=False, teacher_dir=tiny_teacher, probe_dir=probed[0])
+    assert s["settle"]["steps"] == 4 and [h["phase"] for h in s["calibration"]][-1] == "settled"
+    settled = load_student(tmp_path / "x")
+    reference, _, _ = _student_from_distill(out)
+    reference.router.gate_bias.copy_(settled.router.gate_bias)  # the calibrated shift, before settling
+    from tests.test_routing import _batch
+
+    b = _batch(settled.vla.config, 6)
+    h0 = settled.vla.embed(b)
+    # the gates read only frozen parameters, so every input keeps its calibrated mask ...
+    assert torch.equal(settled.router.logits(h0), reference.router.logits(reference.vla.embed(b)))
+    frozen = settled.gate_dependencies(b)
+    assert frozen and all(n.startswith(("router.", "vla.vision.", "vla.lang_proj.")) for n in frozen)
+    # ... while the layers it runs were trained further
+    a, r = settled.state_dict(), reference.state_dict()
+    assert all(torch.equal(a[n], r[n]) for n in frozen)
+    assert any(not torch.equal(a[n], r[n]) for n in a if n.startswith("vla.backbone."))
+
+
+def test_settling_refuses_a_cache_the_student_was_not_distilled_with(distilled, tiny_demos, tmp_path):
+    from actdistill.teacher import train_teacher
+    from tests.conftest import tiny_teacher_config
+
+    other = tmp_path / "other-teacher"
+    torch.manual_seed(7)
+    train_teacher(tiny_teacher_config(steps=3), tiny_demos, other, progress=False)
+    other_probe = tmp_path / "other-probe"
+    run_probe(PROBE, other, tiny_demos, other_probe, progress=False)
+    cfg = ExportConfig(calib_episodes_per_task=2, calib_rounds=1, max_steps=12, settle_steps=2)
+    with pytest.raises(ArtifactError, match="distilled against another teacher cache"):
+        run_export(cfg, distilled[0], tiny_demos, tmp_path / "x", SimConfig(tasks=TINY_TASKS, image_size=32), progress=False,
+                   teacher_dir=other, probe_dir=other_probe)

@@ -145,13 +145,14 @@ def cmd_distill(args) -> None:
 def cmd_export(args) -> None:
     from actdistill.export import run_export
 
-    cfg = _build_config(ExportConfig, args, {"calib_episodes": "calib_episodes_per_task"})
+    cfg = _build_config(ExportConfig, args, {"calib_episodes": "calib_episodes_per_task", "settle_steps": "settle_steps"})
     if args.no_calibrate:
         cfg = apply_overrides(cfg, {"calibrate": False})
     s = run_export(cfg, Path(args.student), Path(args.data), Path(args.out), SimConfig(camera=args.camera),
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, teacher_dir=args.teacher and Path(args.teacher),
+                   probe_dir=args.probe and Path(args.probe))
     if s["calibration"]:
-        print_table(s["calibration"], ["round", "gate_shift", "layers_executed_frac", "success_mean"],
+        print_table(s["calibration"], ["phase", "round", "gate_shift", "layers_executed_frac", "success_mean"],
                     f"budget calibration on training placements (rho={s['rho']})")
     print(f"\nwrote {s['weights']} (no extractor or probe parameters; {s['parameters'] / 1e6:.2f}M parameters)")
 
@@ -270,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--data", required=True, help="the demos.hdf5 (its placement seeds are the calibration placements).")
     x.add_argument("--out", required=True)
     x.add_argument("--calib-episodes", type=int, dest="calib_episodes")
+    x.add_argument("--settle-steps", type=int, dest="settle_steps",
+                   help="after calibration, distil this many steps more with the calibrated masks (needs --teacher, --probe).")
+    x.add_argument("--teacher", help="the teacher folder (for settling).")
+    x.add_argument("--probe", help="the probe folder with the teacher cache (for settling).")
     x.add_argument("--no-calibrate", action="store_true")
     x.add_argument("--camera", default="corner2")
     _common(x)

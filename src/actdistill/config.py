@@ -312,9 +312,13 @@ class ExportConfig(_Base):
     calib_rounds: int = 3
     calib_margin: float = 0.02  # aim this far below rho: evaluation placements differ from calibration ones
     max_steps: int = 300
+    settle_steps: int = 0  # after calibration, continue distilling with the calibrated masks (router frozen)
+
+    _LATER_FIELDS = ("settle_steps",)
 
     def __post_init__(self) -> None:
         _positive(self, "calib_episodes_per_task", "calib_rounds", "max_steps")
+        _check(self.settle_steps >= 0, "ExportConfig.settle_steps must be >= 0.")
         _check(0 <= self.calib_margin < 0.5, "ExportConfig.calib_margin must be in [0, 0.5).")
 
 

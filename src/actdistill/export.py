@@ -5,10 +5,16 @@ The budget loss holds on training frames, but closed-loop rollouts visit other s
 are then calibrated: a global shift of the gate logits, chosen from the logits recorded in closed-loop
 rollouts on training placements and re-measured until the executed-layer fraction meets rho. The
 shift is stored in the router's `gate_bias` buffer, i.e. inside the exported weights.
+
+A small shift can move many gates across the threshold at once, so the calibrated student runs masks it
+never trained with. Settling (`settle_steps`) then continues the distillation with the router and
+everything its logits read frozen: each input keeps its calibrated mask and the network that is
+deployed is the network that was trained.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -19,10 +25,11 @@ import torch
 
 from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, load_checked_weights,
                                   make_header, read_header, read_json, write_header)
-from actdistill.config import DistillConfig, EvalConfig, ExportConfig, ModelConfig, SimConfig
+from actdistill.config import ConfigError, DistillConfig, EvalConfig, ExportConfig, ModelConfig, SimConfig, TrainConfig
 from actdistill.constants import CONFIG_FILE, WEIGHTS_FILE
 from actdistill.distill.routing import RoutedStudent
 from actdistill.models.heads import check_head_family
+from actdistill.training import train_loop
 
 
 def training_placements(dataset_path: Path) -> dict[str, list[int]]:
@@ -31,22 +38,27 @@ def training_placements(dataset_path: Path) -> dict[str, list[int]]:
         return json.loads(f["data"].attrs["placement_seeds"])
 
 
-def _student_from_distill(distill_dir: Path) -> tuple[RoutedStudent, dict, dict]:
+def _student_from_distill(distill_dir: Path, probes=None) -> tuple[RoutedStudent, dict, dict]:
+    """The distilled student without its graph parts, or with them when the trained `probes` module is given."""
     header = read_header(distill_dir, "distill")
     cfg_json = read_json(Path(distill_dir) / CONFIG_FILE, "the distill config")
     dcfg = DistillConfig.from_dict(cfg_json["distill"])
     mcfg = ModelConfig.from_dict(cfg_json["model"])
     weights = load_checked_weights(distill_dir, header, "distilled student weights", "distill again")
     check_head_family(weights, mcfg.action_head, Path(distill_dir) / WEIGHTS_FILE, prefix="vla.head.")
-    student = RoutedStudent(mcfg, router_dim=dcfg.router_dim, tau=dcfg.tau)
-    kept = {k: v for k, v in weights.items() if not k.startswith("probes.")}
-    student.load_state_dict(kept, strict=True)
+    student = RoutedStudent(mcfg, router_dim=dcfg.router_dim, tau=dcfg.tau, probes=probes)
+    kept = weights if probes is not None else {k: v for k, v in weights.items() if not k.startswith("probes.")}
+    try:
+        student.load_state_dict(kept, strict=True)
+    except RuntimeError as err:
+        raise ArtifactError(f"{Path(distill_dir) / WEIGHTS_FILE} does not fit the probes given ({str(err).splitlines()[0]}); "
+                            "distill again.") from err
     student.eval()
     return student, cfg_json, header
 
 
 def calibrate(student: RoutedStudent, rho: float, cfg: ExportConfig, sim: SimConfig, seeds: dict[str, list[int]],
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, phase: str = "calibrate") -> list[dict]:
     """Shift the gate logits until the closed-loop executed-layer fraction on training placements meets rho."""
     from actdistill.evaluate import evaluate
 
@@ -55,11 +67,11 @@ def calibrate(student: RoutedStudent, rho: float, cfg: ExportConfig, sim: SimCon
                       batch_envs=cfg.calib_episodes_per_task)
     history = []
     for r in range(cfg.calib_rounds):
-        result, episodes = evaluate(student, ecfg, sim, None, name=f"calibration round {r}", progress=progress,
+        result, episodes = evaluate(student, ecfg, sim, None, name=f"{phase} round {r}", progress=progress,
                                     seeds_per_task=seeds, record_logits=True, return_episodes=True)
         frac = result["layers_executed_frac"]
         shift = float(student.router.gate_bias[0])
-        history.append({"round": r, "gate_shift": round(shift, 4), "layers_executed_frac": round(frac, 4),
+        history.append({"phase": phase, "round": r, "gate_shift": round(shift, 4), "layers_executed_frac": round(frac, 4),
                         "success_mean": round(result["success_mean"], 4)})
         if rho - 2 * cfg.calib_margin - 0.02 <= frac <= rho or r == cfg.calib_rounds - 1:
             break
@@ -68,18 +80,72 @@ def calibrate(student: RoutedStudent, rho: float, cfg: ExportConfig, sim: SimCon
     return history
 
 
+def settle(student: RoutedStudent, loss_fn, data, train_cfg: TrainConfig, steps: int, out_dir: Path, stage: str,
+           identity: dict, progress: bool = True) -> dict:
+    """Train, with the calibrated gates, every parameter the gate decisions do not depend on.
+
+    The router and whatever embeds the spans it reads stay frozen, so every input keeps the mask it was
+    calibrated with; `loss_fn(model, batch, step)` is the student's own training loss. Resumes from
+    `out_dir/ckpt`."""
+    frozen = student.gate_dependencies(data.batch(torch.arange(min(8, len(data)))))
+    trainable = {n: p.requires_grad for n, p in student.named_parameters()}
+    for n, p in student.named_parameters():
+        p.requires_grad_(trainable[n] and n not in frozen)
+    cfg = dataclasses.replace(train_cfg, steps=steps, warmup_steps=min(train_cfg.warmup_steps, steps // 5))
+    try:
+        result = train_loop(model=student, dataset=data, cfg=cfg, out_dir=out_dir, stage=stage, loss_fn=loss_fn,
+                            params=[p for p in student.parameters() if p.requires_grad], identity=identity,
+                            progress=progress)
+    finally:
+        for n, p in student.named_parameters():
+            p.requires_grad_(trainable[n])
+    student.eval()
+    return {"steps": result.steps, "seconds": round(result.seconds, 1), "frozen_parameters": len(frozen),
+            "final_loss": round(result.final_loss, 5)}
+
+
 def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir: Path, sim: SimConfig,
-               progress: bool = True) -> dict:
+               progress: bool = True, teacher_dir: Path | None = None, probe_dir: Path | None = None) -> dict:
+    """Calibrate the gates to the budget (and settle, which needs the teacher and probe folders for the cache)."""
     t0 = time.time()
     out_dir = Path(out_dir)
-    student, dist_cfg, dheader = _student_from_distill(Path(distill_dir))
+    settling = cfg.calibrate and cfg.settle_steps > 0
+    if settling and (teacher_dir is None or probe_dir is None):
+        raise ConfigError("ExportConfig.settle_steps > 0 continues the distillation against the teacher cache; give the "
+                          "teacher and probe folders (--teacher, --probe) or set export.settle_steps=0.")
+    probes = cache = data = None
+    if settling:
+        from actdistill.data.dataset import FrameDataset
+        from actdistill.data.hdf5 import read_demos
+        from actdistill.probe.stage import load_probe_artifact
+        from actdistill.teacher import load_teacher
+
+        teacher, tinfo = load_teacher(Path(teacher_dir))
+        data = FrameDataset(read_demos(dataset_path), teacher.config.chunk_size, tuple(tinfo["tasks"]))
+        probes, cache, _ = load_probe_artifact(Path(probe_dir), teacher, tinfo["header"]["weights_hash"], data.fingerprint)
+    student, dist_cfg, dheader = _student_from_distill(Path(distill_dir), probes)
+    if settling and dheader["inputs"].get("cache") != cache.fingerprint:
+        raise ArtifactError(f"The student in {distill_dir} was distilled against another teacher cache than the one in "
+                            f"{probe_dir}; give the probe folder it was distilled with.")
     rho = dist_cfg["distill"]["rho"]
-    history = []
+    history, extra = [], {}
     if cfg.calibrate:
         sim = SimConfig(tasks=tuple(dist_cfg["tasks"]), camera=sim.camera, image_size=student.image_size)
-        history = calibrate(student, rho, cfg, sim, training_placements(dataset_path), progress)
+        seeds = training_placements(dataset_path)
+        history = calibrate(student, rho, cfg, sim, seeds, progress)
+        if settling:
+            from actdistill.distill.stage import distill_loss
+
+            dcfg = DistillConfig.from_dict(dist_cfg["distill"])
+            extra["settle"] = settle(student, lambda m, b, s: distill_loss(m, b, cache, dcfg, soft=False), data, dcfg.train,
+                                     cfg.settle_steps, out_dir / "settle", "settle",
+                                     {"student": dheader["weights_hash"], "gate_bias": student.router.gate_bias.tolist()},
+                                     progress)
+            history += calibrate(student.strip_probes(), rho, cfg, sim, seeds, progress, phase="settled")
+    student.strip_probes()
+    inputs = {"student": dheader["weights_hash"], **({"cache": cache.fingerprint} if settling else {})}
     summary = save_student(student, out_dir, dist_cfg["model"], dist_cfg["distill"]["router_dim"], rho, dist_cfg["tasks"],
-                           cfg.to_dict(), {"student": dheader["weights_hash"]}, {"calibration": history})
+                           cfg.to_dict(), inputs, {"calibration": history, **extra})
     summary["seconds"] = round(time.time() - t0, 1)
     write_header(out_dir, {**read_json(out_dir / "header.json", "the export header"), "summary": summary})
     return summary

@@ -108,8 +108,10 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     student_hash = read_json(distill_dir / HEADER_FILE, "the distill header")["weights_hash"]
 
     export_dir = out / f"student-rho{rho}"
-    st.run("export + calibrate", "export", export_dir, cfg.export.to_dict(), {"student": student_hash},
-           lambda: run_export(cfg.export, distill_dir, data_path, export_dir, cfg.collect.sim, progress),
+    settles = cfg.export.calibrate and cfg.export.settle_steps > 0
+    st.run("export + calibrate", "export", export_dir, cfg.export.to_dict(),
+           {"student": student_hash, **({"cache": cache_fp} if settles else {})},
+           lambda: run_export(cfg.export, distill_dir, data_path, export_dir, cfg.collect.sim, progress, teacher_dir, probe_dir),
            lambda s: f"gate shift {s['gate_shift']:+.3f}, calibration frac " + "/".join(
                f"{c['layers_executed_frac']:.2f}" for c in s["calibration"]), lambda s: s["weights"])
     exported_hash = read_json(export_dir / HEADER_FILE, "the export header")["weights_hash"]

@@ -44,7 +44,7 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     from actdistill.bench.flops import train_step_flops
     from actdistill.distill.stage import distill_loss, run_distill
     from actdistill.models.vla import ReferenceVLA
-    from actdistill.export import calibrate, run_export, save_student, training_placements
+    from actdistill.export import calibrate, run_export, save_student, settle, training_placements
     from actdistill.probe.stage import load_probe_artifact
     from actdistill.teacher import load_teacher, train_teacher
     from actdistill.training import train_loop
@@ -82,6 +82,8 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     evaluate_row("teacher", teacher_dir, teacher_hash)
 
     # ActDistill students at every budget
+    settles = rc.export.calibrate and rc.export.settle_steps > 0
+    settle_steps = rc.export.settle_steps if settles else 0
     for rho in cfg.actdistill_budgets:
         dcfg = dataclasses.replace(rc.distill, rho=rho)
         # the run's own student (same config) is reused rather than distilled again
@@ -90,8 +92,9 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
         st.run(f"distill rho={rho}", "distill", ddir, dcfg.to_dict(), {"teacher": teacher_hash, "cache": cache.fingerprint},
                lambda: run_distill(dcfg, teacher_dir, probe_dir, data_path, ddir, progress),
                lambda s: f"keep {s['train_keep_ratio']:.2f}", lambda s: s["weights"])
-        st.run(f"export rho={rho}", "export", xdir, rc.export.to_dict(), {"student": weights_hash_of(ddir)},
-               lambda: run_export(rc.export, ddir, data_path, xdir, sim, progress),
+        st.run(f"export rho={rho}", "export", xdir, rc.export.to_dict(),
+               {"student": weights_hash_of(ddir), **({"cache": cache.fingerprint} if settles else {})},
+               lambda: run_export(rc.export, ddir, data_path, xdir, sim, progress, teacher_dir, probe_dir),
                lambda s: f"shift {s['gate_shift']:+.2f}", lambda s: s["weights"])
         evaluate_row(f"actdistill-rho{rho}", xdir, weights_hash_of(xdir))
 
@@ -113,6 +116,8 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
         training = {"teacher": {"steps": rc.teacher.train.steps,
                                 "flops": training_step_flops(rc.teacher.model, rc.teacher.train.batch_size) * rc.teacher.train.steps},
                     "distill": {"steps": dcfg.train.steps, "flops": d_step * dcfg.train.steps}}
+        if settles:  # a settling step is counted as a distillation step (its router gets no gradient: a slight over-count)
+            training["settle"] = {"steps": settle_steps, "flops": d_step * settle_steps}
     n_layers = teacher.num_layers
     seeds = training_placements(data_path)
     for rho in cfg.baseline_budgets:
@@ -121,12 +126,14 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
 
         # static pruning + task-loss fine-tuning
         name, folder = f"static-prune-rho{rho}", out / f"static-prune-rho{rho}"
-        key = {"keep": keep, "train": rc.distill.train.to_dict(), "similarity": similarity.tolist()}
+        # as many task-loss steps as the ActDistill student trains (distillation + settling)
+        ft_cfg = dataclasses.replace(rc.distill.train, steps=rc.distill.train.steps + settle_steps)
+        key = {"keep": keep, "train": ft_cfg.to_dict(), "similarity": similarity.tolist()}
 
-        def static_fn(folder=folder, keep=keep, rho=rho, key=key) -> dict:
+        def static_fn(folder=folder, keep=keep, rho=rho, key=key, ft_cfg=ft_cfg) -> dict:
             t0 = time.time()
             student = static_prune_student(teacher, keep, similarity)
-            train_loop(model=student, dataset=data, cfg=rc.distill.train, out_dir=folder, stage="static-prune",
+            train_loop(model=student, dataset=data, cfg=ft_cfg, out_dir=folder, stage="static-prune",
                        loss_fn=lambda m, b, s: task_loss(m, b), identity={"key": key, "teacher": teacher_hash},
                        progress=progress)
             return {**save_student(student.eval(), folder, teacher.config.to_dict(), 8, rho, list(tasks), key,
@@ -153,9 +160,15 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
                        params=rest, extra_groups=[(list(student.router.parameters()), dcfg.router_lr_scale)],
                        identity={"key": key, "teacher": teacher_hash}, progress=progress)
             student.eval()
-            history = calibrate(student, dcfg.rho, rc.export, sim, seeds, progress) if rc.export.calibrate else []
+            history, extra = (calibrate(student, dcfg.rho, rc.export, sim, seeds, progress) if rc.export.calibrate else []), {}
+            if settles:  # the same settling as the ActDistill student, with this baseline's own loss
+                extra["settle"] = settle(student, lambda m, b, s: router_kd_loss(m, teacher, b, dcfg), data, dcfg.train,
+                                         settle_steps, folder / "settle", "settle", {"key": key, "teacher": teacher_hash,
+                                         "gate_bias": student.router.gate_bias.tolist()}, progress)
+                history += calibrate(student, dcfg.rho, rc.export, sim, seeds, progress, phase="settled")
             return {**save_student(student, folder, teacher.config.to_dict(), dcfg.router_dim, dcfg.rho, list(tasks), key,
-                                   {"teacher": teacher_hash}, {"calibration": history}), "seconds": round(time.time() - t0, 1)}
+                                   {"teacher": teacher_hash}, {"calibration": history, **extra}),
+                    "seconds": round(time.time() - t0, 1)}
 
         st.run(f"router-kd rho={rho}", "export", folder, key, {"teacher": teacher_hash}, kd_fn,
                lambda s: f"shift {s['gate_shift']:+.2f}", lambda s: s["weights"])
@@ -186,7 +199,7 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
         keep = max(1, int(round(rows[f"actdistill-rho{rho}"]["layers_executed_frac"] * n_layers)))
         name, folder = f"scratch-rho{rho}", out / f"scratch-rho{rho}"
         smodel = dataclasses.replace(rc.teacher.model, num_layers=keep)
-        budget = training["teacher"]["flops"] + training["distill"]["flops"]
+        budget = training["teacher"]["flops"] + training["distill"]["flops"] + training.get("settle", {}).get("flops", 0.0)
         per_step = training_step_flops(smodel, rc.teacher.train.batch_size)
         scratch_steps = max(1, int(round(cfg.scratch_compute_scale * budget / per_step)))
         scfg = TeacherConfig(model=smodel, train=dataclasses.replace(rc.teacher.train, steps=scratch_steps))

@@ -138,6 +138,16 @@ class RoutedStudent(PolicyMixin, nn.Module):
                 h = h.index_copy(0, rows, bb.layer(l, h.index_select(0, rows), ctx.rows(rows)))
         return bb.norm(h)
 
+    def gate_dependencies(self, batch: dict) -> set[str]:
+        """Names of the trainable parameters the gate logits depend on: the router and whatever embeds its spans.
+
+        Found by differentiating the logits of `batch`, so it holds for any contract model."""
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        with torch.enable_grad():
+            logits = self.router.logits(self.vla.embed(batch))
+            grads = torch.autograd.grad(logits.sum(), [p for _, p in named], allow_unused=True)
+        return {n for (n, _), g in zip(named, grads) if g is not None and bool(g.abs().sum() > 0)}
+
     def layer_mask(self, h0: torch.Tensor) -> torch.Tensor:
         return self.router(h0) >= self.tau  # (B, L) bool
 
