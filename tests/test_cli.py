@@ -48,7 +48,7 @@ def tiny_run(tmp_path_factory):
                   "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 4, "warmup_steps": 1, "shift_augment": 0}},
         "distill": {"rho": 0.5, "router_dim": 8, "router_init_bias": 0.0, "soft_warmup_steps": 1,
                     "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 4, "warmup_steps": 1, "shift_augment": 0}},
-        "export": {"calib_episodes_per_task": 1, "calib_rounds": 1, "max_steps": 10},
+        "export": {"calib_episodes_per_task": 1, "calib_rounds": 1, "max_steps": 10, "settle_steps": 2},
     }
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "run", "--config", str(tmp_path / "cfg.json"),
@@ -69,6 +69,8 @@ def test_tiny_end_to_end_run_through_the_cli(tiny_run):
     assert "layer usage of the student per task" in proc.stdout
     assert (tmp_path / "run" / "eval-actdistill-rho0.5" / "layer_usage.png").stat().st_size > 1000
     exported = load_file(str(tmp_path / "run" / "student-rho0.5" / "model.safetensors"))
+    export_summary = json.loads((tmp_path / "run" / "student-rho0.5" / "header.json").read_text())["summary"]
+    assert export_summary["settle"]["steps"] == 2 and export_summary["calibration"][-1]["phase"] == "settled"
     assert not any(k.startswith("probes.") for k in exported)
     # a second run reuses the finished stages
     proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "run", "--config", str(tmp_path / "cfg.json"),
@@ -106,8 +108,12 @@ def test_tiny_bench_on_a_tiny_run(tiny_run):
     assert teacher["speedup"] == 1.0 and teacher["ideal_speedup"] == 1.0 and teacher["layers_executed_frac"] == 1.0
     assert (tmp_path / "run" / "bench" / "pareto.png").stat().st_size > 1000
     assert (tmp_path / "run" / "bench" / "eval-actdistill-rho0.5" / "layer_usage.png").stat().st_size > 1000
-    # the scratch model's training compute matches the teacher's plus the distillation's, times the scale
+    # the scratch model's training compute matches the teacher's plus the distillation's (settling included), times the scale
     c = res["training_compute"]
-    scratch, target = c["scratch-rho0.5"], 0.2 * (c["teacher"]["pflops"] + c["distill"]["pflops"])
+    assert c["settle"]["steps"] == 2
+    scratch, target = c["scratch-rho0.5"], 0.2 * (c["teacher"]["pflops"] + c["distill"]["pflops"] + c["settle"]["pflops"])
     assert abs(scratch["pflops"] - target) <= 0.5 * scratch["pflops"] / scratch["steps"]  # within half a step
     assert res["rows"][-1]["peak_memory_mb"] > 0
+    # router-KD gets the same calibration and settling as the ActDistill student, with its own loss
+    kd = json.loads((tmp_path / "run" / "bench" / "router-kd-rho0.5" / "header.json").read_text())["summary"]
+    assert kd["settle"]["steps"] == 2 and kd["calibration"][-1]["phase"] == "settled"
