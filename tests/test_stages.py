@@ -33,6 +33,18 @@ def distilled(tiny_teacher, tiny_demos, probed, tmp_path_factory):
     return out, summary
 
 
+@pytest.fixture(scope="module")
+def other_teacher(tiny_demos, tmp_path_factory):
+    """A second tiny teacher, with other weights than the one the student was distilled from."""
+    from actdistill.teacher import train_teacher
+    from tests.conftest import tiny_teacher_config
+
+    out = tmp_path_factory.mktemp("other-teacher")
+    torch.manual_seed(5)
+    train_teacher(tiny_teacher_config(steps=3), tiny_demos, out, progress=False)
+    return out
+
+
 def test_probe_writes_a_fingerprinted_cache_for_every_sample(probed, tiny_teacher):
     out, s = probed
     header = json.loads((out / "header.json").read_text())
@@ -53,15 +65,9 @@ def test_mismatched_cache_is_refused(probed):
         TeacherCache.load(out / CACHE_FILE, {**fp, "teacher_weights": "0000"})
 
 
-def test_distill_refuses_a_cache_of_another_teacher(probed, tiny_demos, tmp_path):
-    from actdistill.teacher import train_teacher
-    from tests.conftest import tiny_teacher_config
-
-    other = tmp_path / "other-teacher"
-    torch.manual_seed(5)
-    train_teacher(tiny_teacher_config(steps=3), tiny_demos, other, progress=False)
+def test_distill_refuses_a_cache_of_another_teacher(probed, other_teacher, tiny_demos, tmp_path):
     with pytest.raises(ArtifactError, match="another teacher_weights"):
-        run_distill(DISTILL, other, probed[0], tiny_demos, tmp_path / "d", progress=False)
+        run_distill(DISTILL, other_teacher, probed[0], tiny_demos, tmp_path / "d", progress=False)
 
 
 def test_distilled_student_skips_layers(distilled):
@@ -127,16 +133,10 @@ def test_settling_trains_the_calibrated_masks_and_keeps_them(distilled, probed, 
     assert any(not torch.equal(a[n], r[n]) for n in a if n.startswith("vla.backbone."))
 
 
-def test_settling_refuses_a_cache_the_student_was_not_distilled_with(distilled, tiny_demos, tmp_path):
-    from actdistill.teacher import train_teacher
-    from tests.conftest import tiny_teacher_config
-
-    other = tmp_path / "other-teacher"
-    torch.manual_seed(7)
-    train_teacher(tiny_teacher_config(steps=3), tiny_demos, other, progress=False)
+def test_settling_refuses_a_cache_the_student_was_not_distilled_with(distilled, other_teacher, tiny_demos, tmp_path):
     other_probe = tmp_path / "other-probe"
-    run_probe(PROBE, other, tiny_demos, other_probe, progress=False)
+    run_probe(PROBE, other_teacher, tiny_demos, other_probe, progress=False)
     cfg = ExportConfig(calib_episodes_per_task=2, calib_rounds=1, max_steps=12, settle_steps=2)
     with pytest.raises(ArtifactError, match="distilled against another teacher cache"):
         run_export(cfg, distilled[0], tiny_demos, tmp_path / "x", SimConfig(tasks=TINY_TASKS, image_size=32), progress=False,
-                   teacher_dir=other, probe_dir=other_probe)
+                   teacher_dir=other_teacher, probe_dir=other_probe)

@@ -321,6 +321,11 @@ class ExportConfig(_Base):
         _check(self.settle_steps >= 0, "ExportConfig.settle_steps must be >= 0.")
         _check(0 <= self.calib_margin < 0.5, "ExportConfig.calib_margin must be in [0, 0.5).")
 
+    @property
+    def settles(self) -> bool:
+        """Whether export settles the calibrated student (settling follows calibration)."""
+        return self.calibrate and self.settle_steps > 0
+
 
 @dataclass
 class EvalConfig(_Base):

@@ -104,12 +104,30 @@ def settle(student: RoutedStudent, loss_fn, data, train_cfg: TrainConfig, steps:
             "final_loss": round(result.final_loss, 5)}
 
 
+def calibrate_and_settle(student: RoutedStudent, rho: float, cfg: ExportConfig, sim: SimConfig, seeds: dict[str, list[int]],
+                         loss_fn, data, train_cfg: TrainConfig, out_dir: Path, identity: dict,
+                         progress: bool = True) -> tuple[list[dict], dict]:
+    """Calibrate; then, when `cfg.settles`, settle with `loss_fn` and re-measure. Returns (history, summary extras)."""
+    history = calibrate(student, rho, cfg, sim, seeds, progress)
+    if not cfg.settles:
+        return history, {}
+    s = settle(student, loss_fn, data, train_cfg, cfg.settle_steps, Path(out_dir) / "settle", "settle",
+               {**identity, "gate_bias": student.router.gate_bias.tolist()}, progress)
+    history += calibrate(student, rho, cfg, sim, seeds, progress, phase="settled")
+    return history, {"settle": s}
+
+
+def export_inputs(cfg: ExportConfig, student_hash: str, cache_fingerprint: dict | None) -> dict:
+    """The export stage's inputs: the distilled student, and the teacher cache when it settles."""
+    return {"student": student_hash, **({"cache": cache_fingerprint} if cfg.settles else {})}
+
+
 def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir: Path, sim: SimConfig,
                progress: bool = True, teacher_dir: Path | None = None, probe_dir: Path | None = None) -> dict:
     """Calibrate the gates to the budget (and settle, which needs the teacher and probe folders for the cache)."""
     t0 = time.time()
     out_dir = Path(out_dir)
-    settling = cfg.calibrate and cfg.settle_steps > 0
+    settling = cfg.settles
     if settling and (teacher_dir is None or probe_dir is None):
         raise ConfigError("ExportConfig.settle_steps > 0 continues the distillation against the teacher cache; give the "
                           "teacher and probe folders (--teacher, --probe) or set export.settle_steps=0.")
@@ -131,21 +149,16 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
     history, extra = [], {}
     if cfg.calibrate:
         sim = SimConfig(tasks=tuple(dist_cfg["tasks"]), camera=sim.camera, image_size=student.image_size)
-        seeds = training_placements(dataset_path)
-        history = calibrate(student, rho, cfg, sim, seeds, progress)
-        if settling:
-            from actdistill.distill.stage import distill_loss
+        from actdistill.distill.stage import distill_loss
 
-            dcfg = DistillConfig.from_dict(dist_cfg["distill"])
-            extra["settle"] = settle(student, lambda m, b, s: distill_loss(m, b, cache, dcfg, soft=False), data, dcfg.train,
-                                     cfg.settle_steps, out_dir / "settle", "settle",
-                                     {"student": dheader["weights_hash"], "gate_bias": student.router.gate_bias.tolist()},
-                                     progress)
-            history += calibrate(student.strip_probes(), rho, cfg, sim, seeds, progress, phase="settled")
+        dcfg = DistillConfig.from_dict(dist_cfg["distill"])
+        history, extra = calibrate_and_settle(student, rho, cfg, sim, training_placements(dataset_path),
+                                              lambda m, b, s: distill_loss(m, b, cache, dcfg, soft=False), data, dcfg.train,
+                                              out_dir, {"student": dheader["weights_hash"]}, progress)
     student.strip_probes()
-    inputs = {"student": dheader["weights_hash"], **({"cache": cache.fingerprint} if settling else {})}
     summary = save_student(student, out_dir, dist_cfg["model"], dist_cfg["distill"]["router_dim"], rho, dist_cfg["tasks"],
-                           cfg.to_dict(), inputs, {"calibration": history, **extra})
+                           cfg.to_dict(), export_inputs(cfg, dheader["weights_hash"], cache and cache.fingerprint),
+                           {"calibration": history, **extra})
     summary["seconds"] = round(time.time() - t0, 1)
     write_header(out_dir, {**read_json(out_dir / "header.json", "the export header"), "summary": summary})
     return summary

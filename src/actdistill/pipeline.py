@@ -60,7 +60,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     from actdistill.collect import collect
     from actdistill.data.hdf5 import read_demos
     from actdistill.distill.stage import run_distill
-    from actdistill.export import run_export
+    from actdistill.export import export_inputs, run_export
     from actdistill.probe.stage import run_probe
     from actdistill.teacher import train_teacher
 
@@ -108,9 +108,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     student_hash = read_json(distill_dir / HEADER_FILE, "the distill header")["weights_hash"]
 
     export_dir = out / f"student-rho{rho}"
-    settles = cfg.export.calibrate and cfg.export.settle_steps > 0
-    st.run("export + calibrate", "export", export_dir, cfg.export.to_dict(),
-           {"student": student_hash, **({"cache": cache_fp} if settles else {})},
+    st.run("export + calibrate", "export", export_dir, cfg.export.to_dict(), export_inputs(cfg.export, student_hash, cache_fp),
            lambda: run_export(cfg.export, distill_dir, data_path, export_dir, cfg.collect.sim, progress, teacher_dir, probe_dir),
            lambda s: f"gate shift {s['gate_shift']:+.3f}, calibration frac " + "/".join(
                f"{c['layers_executed_frac']:.2f}" for c in s["calibration"]), lambda s: s["weights"])

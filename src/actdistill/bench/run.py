@@ -44,7 +44,7 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     from actdistill.bench.flops import train_step_flops
     from actdistill.distill.stage import distill_loss, run_distill
     from actdistill.models.vla import ReferenceVLA
-    from actdistill.export import calibrate, run_export, save_student, settle, training_placements
+    from actdistill.export import calibrate_and_settle, export_inputs, run_export, save_student, training_placements
     from actdistill.probe.stage import load_probe_artifact
     from actdistill.teacher import load_teacher, train_teacher
     from actdistill.training import train_loop
@@ -82,8 +82,7 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     evaluate_row("teacher", teacher_dir, teacher_hash)
 
     # ActDistill students at every budget
-    settles = rc.export.calibrate and rc.export.settle_steps > 0
-    settle_steps = rc.export.settle_steps if settles else 0
+    settle_steps = rc.export.settle_steps if rc.export.settles else 0
     for rho in cfg.actdistill_budgets:
         dcfg = dataclasses.replace(rc.distill, rho=rho)
         # the run's own student (same config) is reused rather than distilled again
@@ -93,7 +92,7 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
                lambda: run_distill(dcfg, teacher_dir, probe_dir, data_path, ddir, progress),
                lambda s: f"keep {s['train_keep_ratio']:.2f}", lambda s: s["weights"])
         st.run(f"export rho={rho}", "export", xdir, rc.export.to_dict(),
-               {"student": weights_hash_of(ddir), **({"cache": cache.fingerprint} if settles else {})},
+               export_inputs(rc.export, weights_hash_of(ddir), cache.fingerprint),
                lambda: run_export(rc.export, ddir, data_path, xdir, sim, progress, teacher_dir, probe_dir),
                lambda s: f"shift {s['gate_shift']:+.2f}", lambda s: s["weights"])
         evaluate_row(f"actdistill-rho{rho}", xdir, weights_hash_of(xdir))
@@ -116,7 +115,7 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
         training = {"teacher": {"steps": rc.teacher.train.steps,
                                 "flops": training_step_flops(rc.teacher.model, rc.teacher.train.batch_size) * rc.teacher.train.steps},
                     "distill": {"steps": dcfg.train.steps, "flops": d_step * dcfg.train.steps}}
-        if settles:  # a settling step is counted as a distillation step (its router gets no gradient: a slight over-count)
+        if settle_steps:  # a settling step is counted as a distillation step (its router gets no gradient: a slight over-count)
             training["settle"] = {"steps": settle_steps, "flops": d_step * settle_steps}
     n_layers = teacher.num_layers
     seeds = training_placements(data_path)
@@ -160,12 +159,10 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
                        params=rest, extra_groups=[(list(student.router.parameters()), dcfg.router_lr_scale)],
                        identity={"key": key, "teacher": teacher_hash}, progress=progress)
             student.eval()
-            history, extra = (calibrate(student, dcfg.rho, rc.export, sim, seeds, progress) if rc.export.calibrate else []), {}
-            if settles:  # the same settling as the ActDistill student, with this baseline's own loss
-                extra["settle"] = settle(student, lambda m, b, s: router_kd_loss(m, teacher, b, dcfg), data, dcfg.train,
-                                         settle_steps, folder / "settle", "settle", {"key": key, "teacher": teacher_hash,
-                                         "gate_bias": student.router.gate_bias.tolist()}, progress)
-                history += calibrate(student, dcfg.rho, rc.export, sim, seeds, progress, phase="settled")
+            # the same calibration and settling as the ActDistill student, with this baseline's own loss
+            history, extra = calibrate_and_settle(
+                student, dcfg.rho, rc.export, sim, seeds, lambda m, b, s: router_kd_loss(m, teacher, b, dcfg), data,
+                dcfg.train, folder, {"key": key, "teacher": teacher_hash}, progress) if rc.export.calibrate else ([], {})
             return {**save_student(student, folder, teacher.config.to_dict(), dcfg.router_dim, dcfg.rho, list(tasks), key,
                                    {"teacher": teacher_hash}, {"calibration": history, **extra}),
                     "seconds": round(time.time() - t0, 1)}
