@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from actdistill.bench.run import paired_bootstrap
+from actdistill.artifacts import ArtifactError
+from actdistill.bench.run import check_bench_results, paired_bootstrap
 
 
 def test_paired_bootstrap_point_and_interval():
@@ -15,3 +16,29 @@ def test_paired_bootstrap_point_and_interval():
     d = {"t": rng.integers(0, 2, 30).tolist()}
     mean, lo, hi = paired_bootstrap(c, d, samples=2000)
     assert lo < mean < hi and hi - lo > 0.1
+
+
+def _row(name: str, **kw) -> dict:
+    row = {"name": name, "success_mean": 0.5, "success_ci95": [0.4, 0.6], "success_per_task": {"t": 0.5},
+           "success_hard": 0.5, "episodes_per_task": 30, "layers_executed_frac": 0.5, "decoder_gflops": 0.05,
+           "policy_gflops": 0.08, "latency_ms_median": 10.0, "speedup": 1.5, "ideal_speedup": 1.7,
+           "speedup_of_ideal": 0.88, "peak_memory_mb": 20.0}
+    row.update(kw)
+    return row
+
+
+def test_bench_results_check_names_what_is_wrong():
+    ok = {"benchmark": "metaworld-MT10", "config": {}, "hard_tasks": ["t"],
+          "rows": [_row("teacher", layers_executed_frac=1.0), _row("actdistill-rho0.5"),
+                   _row("static-prune-rho0.5", delta_vs_actdistill=[0.01, -0.02, 0.04])]}
+    check_bench_results(ok)
+    bad = [({"rows": ok["rows"]}, "lack the field 'benchmark'"),
+           ({**ok, "rows": [{k: v for k, v in _row("teacher").items() if k != "speedup"}]}, "lacks the fields speedup"),
+           ({**ok, "rows": [_row("teacher", success_ci95=[0.6, 0.7])]}, "does not bracket its mean"),
+           ({**ok, "rows": [_row("actdistill-rho0.5", decoder_gflops=0.1)]}, "out of range"),
+           ({**ok, "rows": [_row("router-kd-rho0.5")]}, "should carry delta_vs_actdistill"),
+           ({**ok, "rows": [_row("teacher", delta_vs_actdistill=[0, 0, 0])]}, "should not carry"),
+           ({**ok, "rows": [_row("early-exit-rho0.5", delta_vs_actdistill=[0.1, -0.1, 0.05])]}, "paired-difference CI")]
+    for results, message in bad:
+        with pytest.raises(ArtifactError, match=message):
+            check_bench_results(results)

@@ -6,6 +6,7 @@ import pytest
 
 from safetensors.torch import load_file
 
+from actdistill.bench.run import check_bench_results
 from actdistill.cli import main
 
 
@@ -92,18 +93,9 @@ def test_tiny_bench_on_a_tiny_run(tiny_run):
     names = [r["name"] for r in res["rows"]]
     assert names == ["teacher", "actdistill-rho0.5", "actdistill-rho0.7", "static-prune-rho0.5", "router-kd-rho0.5",
                      "early-exit-rho0.5", "scratch-rho0.5"]
-    required = {"name", "success_mean", "success_ci95", "success_per_task", "success_hard", "episodes_per_task",
-                "layers_executed_frac", "decoder_gflops", "policy_gflops", "latency_ms_median", "speedup", "ideal_speedup",
-                "speedup_of_ideal", "peak_memory_mb"}
+    check_bench_results(res)  # the results file's schema
     for r in res["rows"]:
-        assert required <= set(r), required - set(r)
-        assert r["episodes_per_task"] == 2 and len(r["success_ci95"]) == 2
-        assert 0 < r["policy_gflops"] and 0 <= r["decoder_gflops"] <= r["policy_gflops"]
-        has_delta = not r["name"].startswith(("teacher", "actdistill"))
-        assert ("delta_vs_actdistill" in r) == has_delta
-        if has_delta:
-            mean, lo, hi = r["delta_vs_actdistill"]
-            assert lo <= mean <= hi
+        assert r["episodes_per_task"] == 2 and r["policy_gflops"] > 0
     teacher = res["rows"][0]
     assert teacher["speedup"] == 1.0 and teacher["ideal_speedup"] == 1.0 and teacher["layers_executed_frac"] == 1.0
     assert (tmp_path / "run" / "bench" / "pareto.png").stat().st_size > 1000

@@ -18,10 +18,41 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actdistill.artifacts import atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, save_figure, write_header
+from actdistill.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, save_figure, write_header
 from actdistill.config import BenchConfig, RunConfig, TeacherConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
 from actdistill.pipeline import _Stages, evaluate_stage
+
+
+ROW_FIELDS = ("name", "success_mean", "success_ci95", "success_per_task", "success_hard", "episodes_per_task",
+              "layers_executed_frac", "decoder_gflops", "policy_gflops", "latency_ms_median", "speedup", "ideal_speedup",
+              "speedup_of_ideal", "peak_memory_mb")
+
+
+_TOL = 1e-9  # interval ends and means are computed in different summation orders
+
+
+def check_bench_results(results: dict) -> None:
+    """Raise ArtifactError, in one sentence, unless `results` has the shape `mt10.json` promises."""
+    for key in ("benchmark", "config", "hard_tasks", "rows"):
+        if key not in results:
+            raise ArtifactError(f"bench results lack the field '{key}'.")
+    for r in results["rows"]:
+        name = r.get("name", "?")
+        missing = [k for k in ROW_FIELDS if k not in r]
+        if missing:
+            raise ArtifactError(f"bench row '{name}' lacks the fields {', '.join(missing)}.")
+        lo, hi = r["success_ci95"]
+        if not lo - _TOL <= r["success_mean"] <= hi + _TOL or not 0 <= lo <= hi <= 1:
+            raise ArtifactError(f"bench row '{name}' has a success CI {r['success_ci95']} that does not bracket its mean.")
+        if not 0 < r["layers_executed_frac"] <= 1 or not 0 <= r["decoder_gflops"] <= r["policy_gflops"]:
+            raise ArtifactError(f"bench row '{name}' has an executed-layer fraction or FLOP count out of range.")
+        has_delta = not name.startswith(("teacher", "actdistill"))
+        if ("delta_vs_actdistill" in r) != has_delta:
+            raise ArtifactError(f"bench row '{name}' should {'' if has_delta else 'not '}carry delta_vs_actdistill.")
+        d = r.get("delta_vs_actdistill")
+        if d and not d[1] - _TOL <= d[0] <= d[2] + _TOL:
+            raise ArtifactError(f"bench row '{name}' has a paired-difference CI that does not bracket its mean.")
 
 
 def paired_bootstrap(a: dict[str, list[int]], b: dict[str, list[int]], samples: int, seed: int = 0) -> list[float]:
@@ -255,6 +286,7 @@ def finish_bench(rows: dict, policies: dict, cfg: BenchConfig, tasks: tuple, dat
         r["speedup_of_ideal"] = r["speedup"] / r["ideal_speedup"]
     results = {"benchmark": "metaworld-MT10", "config": {"run": rc.to_dict(), "bench": cfg.to_dict()}, "hard_tasks": hard,
                **(extra or {}), "rows": out_rows}
+    check_bench_results(results)
     atomic_write_json(out / "mt10.json", results)
     atomic_write_bytes(out / "mt10.md", bench_table(out_rows).encode())
     pareto_plot(out_rows, out / "pareto.png")
