@@ -391,7 +391,7 @@ class RunConfig(_Base):
 
     @classmethod
     def quick(cls, out: str = "runs/quick") -> "RunConfig":
-        """A first look in about ten minutes: fewer demos, a shorter training, fewer episodes."""
+        """A first look: fewer demos, a shorter training, fewer episodes (a smoke run, not a result)."""
         return cls(
             out=out,
             collect=CollectConfig(demos_per_task=10),
