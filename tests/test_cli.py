@@ -106,6 +106,10 @@ def test_tiny_bench_on_a_tiny_run(tiny_run):
     scratch, target = c["scratch-rho0.5"], 0.2 * (c["teacher"]["pflops"] + c["distill"]["pflops"] + c["settle"]["pflops"])
     assert abs(scratch["pflops"] - target) <= 0.5 * scratch["pflops"] / scratch["steps"]  # within half a step
     assert res["rows"][-1]["peak_memory_mb"] > 0
+    # the scratch model's executed fraction is its depth over the teacher's, which its decoder FLOPs confirm
+    scratch_row = res["rows"][-1]
+    assert scratch_row["layers_executed_frac"] < 1
+    assert scratch_row["decoder_gflops"] / teacher["decoder_gflops"] == pytest.approx(scratch_row["layers_executed_frac"])
     # router-KD gets the same calibration and settling as the ActDistill student, with its own loss
     kd = json.loads((tmp_path / "run" / "bench" / "router-kd-rho0.5" / "header.json").read_text())["summary"]
     assert kd["settle"]["steps"] == 2 and kd["calibration"][-1]["phase"] == "settled"

@@ -236,6 +236,8 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
                lambda scfg=scfg, folder=folder: train_teacher(scfg, data_path, folder, progress),
                lambda s, keep=keep: f"{keep} layers, {s['steps']} steps", lambda s: s["weights"])
         evaluate_row(name, folder, weights_hash_of(folder))
+        # it runs all of its own layers on every step: as a fraction of the teacher's depth, keep / n_layers
+        rows[name] = {**rows[name], "layers_executed_frac": keep / n_layers}
 
     extra = {"training_compute": {k: {"steps": v["steps"], "pflops": v["flops"] / 1e15} for k, v in training.items()}}
     results = finish_bench(rows, policies, cfg, tasks, data, out, rc, extra)
