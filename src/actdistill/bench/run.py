@@ -45,7 +45,7 @@ def check_bench_results(results: dict) -> None:
         lo, hi = r["success_ci95"]
         if not lo - _TOL <= r["success_mean"] <= hi + _TOL or not 0 <= lo <= hi <= 1:
             raise ArtifactError(f"bench row '{name}' has a success CI {r['success_ci95']} that does not bracket its mean.")
-        if not 0 < r["layers_executed_frac"] <= 1 or not 0 <= r["decoder_gflops"] <= r["policy_gflops"]:
+        if not 0 <= r["layers_executed_frac"] <= 1 or not 0 <= r["decoder_gflops"] <= r["policy_gflops"]:
             raise ArtifactError(f"bench row '{name}' has an executed-layer fraction or FLOP count out of range.")
         has_delta = not name.startswith(("teacher", "actdistill"))
         if ("delta_vs_actdistill" in r) != has_delta:
