@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -42,3 +45,15 @@ def test_bench_results_check_names_what_is_wrong():
     for results, message in bad:
         with pytest.raises(ArtifactError, match=message):
             check_bench_results(results)
+
+
+def test_committed_mt10_results_validate():
+    """The committed benchmark results have every row of the default bench and the shape the schema check promises."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mt10.json"
+    results = json.loads(path.read_text())
+    check_bench_results(results)
+    names = [r["name"] for r in results["rows"]]
+    methods = ("static-prune", "router-kd", "early-exit", "scratch")
+    expected = ["teacher"] + [f"actdistill-rho{r}" for r in (0.3, 0.5, 0.7)] + [f"{m}-rho{r}" for r in (0.3, 0.5) for m in methods]
+    assert sorted(names) == sorted(expected)
+    assert {r["episodes_per_task"] for r in results["rows"]} == {30}
