@@ -33,11 +33,15 @@ def tiny_demos(tmp_path_factory):
     return out / "demos.hdf5"
 
 
-@pytest.fixture(scope="session")
-def tiny_teacher(tiny_demos, tmp_path_factory):
+def train_tiny_teacher(demos, out, seed: int, steps: int):
+    """Train a tiny teacher on `demos` into `out` from a fixed seed; returns `out`."""
     from actdistill.teacher import train_teacher
 
-    out = tmp_path_factory.mktemp("teacher")
-    torch.manual_seed(0)
-    train_teacher(tiny_teacher_config(steps=20), tiny_demos, out, progress=False)
+    torch.manual_seed(seed)
+    train_teacher(tiny_teacher_config(steps=steps), demos, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_demos, tmp_path_factory):
+    return train_tiny_teacher(tiny_demos, tmp_path_factory.mktemp("teacher"), seed=0, steps=20)

@@ -36,13 +36,9 @@ def distilled(tiny_teacher, tiny_demos, probed, tmp_path_factory):
 @pytest.fixture(scope="module")
 def other_teacher(tiny_demos, tmp_path_factory):
     """A second tiny teacher, with other weights than the one the student was distilled from."""
-    from actdistill.teacher import train_teacher
-    from tests.conftest import tiny_teacher_config
+    from tests.conftest import train_tiny_teacher
 
-    out = tmp_path_factory.mktemp("other-teacher")
-    torch.manual_seed(5)
-    train_teacher(tiny_teacher_config(steps=3), tiny_demos, out, progress=False)
-    return out
+    return train_tiny_teacher(tiny_demos, tmp_path_factory.mktemp("other-teacher"), seed=5, steps=3)
 
 
 def test_probe_writes_a_fingerprinted_cache_for_every_sample(probed, tiny_teacher):
