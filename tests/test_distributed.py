@@ -98,3 +98,21 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_demos, 
     init = {f"vla.{k}": v for k, v in t2.items()}  # the student starts as the teacher
     gaps["distill"] = _relative_gap(d1, d2, init)
     assert all(g < 0.1 for g in gaps.values()), gaps
+
+
+def test_sharded_engines_are_refused_before_any_work(tmp_path, monkeypatch):
+    """FSDP and DeepSpeed shard parameters, which this loop cannot checkpoint; the stage stops in one sentence."""
+    import pytest
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    from actdistill.config import ConfigError
+    from actdistill.training import check_engine, train_loop
+
+    for ok in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        check_engine(ok, "train-teacher")
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType.FSDP))
+    with pytest.raises(ConfigError, match=r"^distill: FSDP is not supported .*launch with data parallelism") as err:
+        train_loop(model=torch.nn.Linear(2, 2), dataset=None, cfg=_train(2), out_dir=tmp_path / "d", stage="distill")
+    assert err.value.args[0].count(". ") == 0
+    assert not (tmp_path / "d" / "ckpt").exists()

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from actdistill.artifacts import ArtifactError, atomic_save_tensors, atomic_write_json, hash_json, load_tensors, read_json
-from actdistill.config import TrainConfig
+from actdistill.config import ConfigError, TrainConfig
 from actdistill.constants import OBS_IMAGE, TRAIN_META_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
 
 
@@ -75,6 +75,21 @@ def main_process_writes(out_dir: Path, write: Callable[[], dict]) -> dict:
     summary = write() if state.is_main_process else None
     state.wait_for_everyone()
     return summary if summary is not None else read_json(Path(out_dir) / HEADER_FILE, "the header the main process wrote")["summary"]
+
+
+def check_engine(distributed_type, stage: str) -> None:
+    """Refuse the engines whose sharded parameters this loop cannot handle, before any work is done.
+
+    Checkpoints are written from the main process's full weights and optimizer state, and the loss functions
+    call the head and the probes outside the wrapper's forward: both need every parameter whole on every rank,
+    which data parallelism (DDP) gives and FSDP / DeepSpeed ZeRO do not.
+    """
+    from accelerate.utils import DistributedType
+
+    if distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(
+            f"{stage}: {distributed_type.value} is not supported (this loop needs every parameter whole on every rank); "
+            "launch with data parallelism instead (`accelerate launch --multi_gpu --num_processes N`, or `torchrun`).")
 
 
 def batch_indices(n: int, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
@@ -155,6 +170,7 @@ def train_loop(
     # user's VLA parts that the loss does not reach); DDP must not wait for their gradients.
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    check_engine(accelerator.distributed_type, stage)
     set_seed(cfg.seed)
     loss_fn = loss_fn or (lambda m, b, s: m(b))
     groups = [(list(params if params is not None else model.parameters()), 1.0)] + list(extra_groups or [])
