@@ -5,13 +5,17 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 from actdistill.artifacts import load_tensors
-from actdistill.config import DistillConfig, ProbeConfig, TrainConfig
+from actdistill.config import ConfigError, DistillConfig, ProbeConfig, TrainConfig
 from actdistill.models.vla import ReferenceVLA
 from actdistill.probe.stage import build_probes
 from actdistill.teacher import load_teacher
+from actdistill.training import check_engine, train_loop
 from tests.conftest import tiny_teacher_config
 
 STEPS = 4
@@ -102,13 +106,6 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_demos, 
 
 def test_sharded_engines_are_refused_before_any_work(tmp_path, monkeypatch):
     """FSDP and DeepSpeed shard parameters, which this loop cannot checkpoint; the stage stops in one sentence."""
-    import pytest
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType
-
-    from actdistill.config import ConfigError
-    from actdistill.training import check_engine, train_loop
-
     for ok in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
         check_engine(ok, "train-teacher")
     monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType.FSDP))
