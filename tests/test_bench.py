@@ -6,6 +6,7 @@ import pytest
 
 from actdistill.artifacts import ArtifactError
 from actdistill.bench.run import check_bench_results, paired_bootstrap
+from actdistill.provenance import provenance
 
 
 def test_paired_bootstrap_point_and_interval():
@@ -31,7 +32,8 @@ def _row(name: str, **kw) -> dict:
 
 
 def test_bench_results_check_names_what_is_wrong():
-    ok = {"benchmark": "metaworld-MT10", "config": {}, "hard_tasks": ["t"],
+    ok = {"benchmark": "metaworld-MT10", "config": {}, "provenance": provenance(), "dataset_content_hash": "0" * 16,
+          "hard_tasks": ["t"],
           "rows": [_row("teacher", layers_executed_frac=1.0), _row("actdistill-rho0.5"),
                    _row("static-prune-rho0.5", delta_vs_actdistill=[0.01, -0.02, 0.04])]}
     check_bench_results(ok)
@@ -41,7 +43,9 @@ def test_bench_results_check_names_what_is_wrong():
            ({**ok, "rows": [_row("actdistill-rho0.5", decoder_gflops=0.1)]}, "out of range"),
            ({**ok, "rows": [_row("router-kd-rho0.5")]}, "should carry delta_vs_actdistill"),
            ({**ok, "rows": [_row("teacher", delta_vs_actdistill=[0, 0, 0])]}, "should not carry"),
-           ({**ok, "rows": [_row("early-exit-rho0.5", delta_vs_actdistill=[0.1, -0.1, 0.05])]}, "paired-difference CI")]
+           ({**ok, "rows": [_row("early-exit-rho0.5", delta_vs_actdistill=[0.1, -0.1, 0.05])]}, "paired-difference CI"),
+           ({k: v for k, v in ok.items() if k != "provenance"}, "lack the field 'provenance'"),
+           ({**ok, "provenance": {"git": {}}}, "provenance record without actdistill")]
     for results, message in bad:
         with pytest.raises(ArtifactError, match=message):
             check_bench_results(results)
@@ -51,7 +55,8 @@ def test_committed_mt10_results_validate():
     """The committed benchmark results have every row of the default bench and the shape the schema check promises."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mt10.json"
     results = json.loads(path.read_text())
-    check_bench_results(results)
+    # committed before provenance was recorded (tests/test_provenance.py lists such files); the rest of the shape holds
+    check_bench_results({"provenance": provenance(), "dataset_content_hash": None, **results})
     names = [r["name"] for r in results["rows"]]
     methods = ("static-prune", "router-kd", "early-exit", "scratch")
     expected = ["teacher"] + [f"actdistill-rho{r}" for r in (0.3, 0.5, 0.7)] + [f"{m}-rho{r}" for r in (0.3, 0.5) for m in methods]

@@ -76,3 +76,27 @@ def test_nan_actions_are_refused(tmp_path):
     w.close()
     with pytest.raises(ArtifactError, match="NaN"):
         read_demos(tmp_path / "d.hdf5")
+
+
+def test_content_hash_follows_the_demos_not_the_file(tmp_path):
+    """The content hash is recorded at write time, read back equal, changes with one pixel, and a file whose
+    demos were altered after collection is refused."""
+    from actdistill.data.hdf5 import content_hash
+
+    demos = [_demo(5, seed=1), _demo(6, seed=2)]
+    paths = []
+    for name, header in (("a.hdf5", {"stage": "collect", "created": 1}), ("b.hdf5", {"stage": "collect", "created": 2})):
+        w = DemoWriter(tmp_path / name, header=header, env_args={"image_size": 8})
+        for d in demos:
+            w.add(d)
+        w.close()
+        paths.append(tmp_path / name)
+    a, b = read_demos(paths[0]), read_demos(paths[1])
+    assert a.fingerprint != b.fingerprint and a.content_hash == b.content_hash == content_hash(demos)
+    changed = [_demo(5, seed=1), _demo(6, seed=2)]
+    changed[1].images[2, 3, 4, 0] ^= 1
+    assert content_hash(changed) != a.content_hash
+    with h5py.File(paths[0], "r+") as f:
+        f["data/demo_0/actions"][0, 0] += 0.5
+    with pytest.raises(ArtifactError, match="changed after collection"):
+        read_demos(paths[0])

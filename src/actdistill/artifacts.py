@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from actdistill import __version__
 from actdistill.constants import HEADER_FILE
+from actdistill.provenance import provenance
 
 
 class ArtifactError(RuntimeError):
@@ -183,6 +184,7 @@ def make_header(stage: str, config: Mapping[str, Any], inputs: Mapping[str, str]
         "config_hash": hash_json(dict(config)),
         "inputs": dict(inputs),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "provenance": provenance(),
         **extra,
     }
 

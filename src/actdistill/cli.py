@@ -194,7 +194,24 @@ def cmd_run(args) -> None:
                 f"cost per action query at batch 1 ({c['frames']} training frames, teacher and student interleaved)")
     print("\nlayer usage of the student per task (fraction of policy calls executing each layer)")
     print(s["layer_usage"])
+    for line in s["notices"]:
+        print(line)
+    print_reproduction(s["reproduction"])
     print(f"results: {s['results']}   heatmap: {s['heatmap']}   wall time of this run {s['wall_seconds'] / 60:.1f} min")
+
+
+def print_reproduction(rep: dict) -> None:
+    """Say whether the run reproduces the committed results (each row inside the reference's 95% CI)."""
+    if not rep["comparable"] or not rep["rows"]:
+        print(f"\nreproduction check: not compared, {rep['reason'] or 'no row of the same name'}.")
+        return
+    print_table([{"policy": r["name"], "success": f"{r['success']:.3f}", "committed": f"{r['reference']:.3f}",
+                  "committed 95% CI": f"{r['reference_ci95'][0]:.2f}-{r['reference_ci95'][1]:.2f}",
+                  "within": "yes" if r["within"] else "NO"} for r in rep["rows"]],
+                ["policy", "success", "committed", "committed 95% CI", "within"],
+                "reproduction check against the committed results (same config and package versions)")
+    if rep["dataset_match"] is not None:
+        print("dataset content hash " + ("equals the committed one." if rep["dataset_match"] else "DIFFERS from the committed one."))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,14 +81,17 @@ def collect(cfg: CollectConfig, out_dir: Path, progress: bool = True) -> dict:
             for task, seed, demo in pool.imap_unordered(_job, jobs):
                 if demo is None:
                     failed[task].append(seed)
-                elif len(kept[task]) < n:
+                else:
+                    # every success of the round is held: which ones arrive first depends on worker timing
+                    if len(kept[task]) < n:
+                        bar.update(1)
+                        bar.set_postfix(task=task.replace("-v3", ""), steps=len(demo.actions))
                     kept[task][seed] = demo
-                    bar.update(1)
-                    bar.set_postfix(task=task.replace("-v3", ""), steps=len(demo.actions))
-            # Keep exactly the first n successful seeds of each task, so the result does not depend on worker timing.
+            # Keep the n lowest successful seeds of each task: every seed below them was tried in this or an earlier
+            # round, so the result is a function of the seeds alone, not of which worker finished first.
             for t in cfg.sim.tasks:
-                if len(kept[t]) >= n:
-                    kept[t] = dict(sorted(kept[t].items())[:n])
+                kept[t] = dict(sorted(kept[t].items())[:n])
+                failed[t].sort()
     bar.close()
 
     header = make_header("collect", cfg.to_dict(), inputs={})
@@ -106,7 +109,8 @@ def collect(cfg: CollectConfig, out_dir: Path, progress: bool = True) -> dict:
     writer.close(extra_attrs={"placement_seeds": used, "failed_seeds": failed})
     atomic_write_json(out_dir / CONFIG_FILE, cfg.to_dict())
     frames = {t: int(sum(len(d.actions) for d in kept[t].values())) for t in cfg.sim.tasks}
-    summary = {"dataset": str(out_dir / DATASET_FILE), "demos": n * len(cfg.sim.tasks), "frames": sum(frames.values()),
+    summary = {"dataset": str(out_dir / DATASET_FILE), "content_hash": writer.content_hash,
+               "demos": n * len(cfg.sim.tasks), "frames": sum(frames.values()),
                "frames_per_task": frames, "expert_failures": {t: len(v) for t, v in failed.items()},
                "seconds": round(time.time() - t0, 1)}
     write_header(out_dir, {**header, "summary": summary})

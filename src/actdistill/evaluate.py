@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from actdistill.artifacts import atomic_write_bytes, atomic_write_json
 from actdistill.config import EvalConfig, SimConfig
 from actdistill.constants import OBS_IMAGE, OBS_STATE, RESULTS_FILE, RESULTS_TABLE, TASK
+from actdistill.provenance import provenance
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,7 @@ def write_results(result: dict, episodes: list[dict], out_dir: Path) -> None:
     import imageio.v2 as imageio
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / RESULTS_FILE, result)
+    atomic_write_json(out_dir / RESULTS_FILE, {**result, "provenance": provenance()})
     tasks = tuple(result["success_per_task"])
     atomic_write_bytes(out_dir / RESULTS_TABLE, markdown_table([result], tasks).encode())
     atomic_write_json(out_dir / "episodes.json",

@@ -14,6 +14,7 @@ from typing import Callable
 from actdistill.artifacts import atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, save_figure, write_header
 from actdistill.config import EvalConfig, RunConfig, SimConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
+from actdistill.provenance import provenance, reference_results_path, reproduction_check, version_changes
 
 
 def _finished(folder: Path, stage: str, config: dict, inputs: dict) -> dict | None:
@@ -30,6 +31,8 @@ def _finished(folder: Path, stage: str, config: dict, inputs: dict) -> dict | No
 class _Stages:
     def __init__(self) -> None:
         self.rows: list[dict] = []
+        self.now = provenance()
+        self.notices: list[str] = []  # one line per stage reused across a version or code change
 
     def run(self, name: str, stage: str, folder: Path, config: dict, inputs: dict, fn: Callable[[], dict],
             note: Callable[[dict], str], output: Callable[[dict], str]) -> dict:
@@ -38,6 +41,9 @@ class _Stages:
             summary, status = fn(), "ran"
         else:
             summary, status = header["summary"], "reused"
+            changes = version_changes(header.get("provenance"), self.now)
+            if changes:
+                self.notices.append(f"{name}: reused an artifact made with other versions ({'; '.join(changes)}).")
         self.rows.append({"stage": name, "status": status, "seconds": summary.get("seconds"), "note": note(summary),
                           "output": output(summary)})
         return summary
@@ -77,7 +83,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
            lambda s: f"{s['demos']} demos, {s['frames']} frames", lambda s: str(data_path))
     demos = read_demos(data_path)
     seeds_used = demos.attrs.get("placement_seeds")
-    fp = demos.fingerprint
+    fp, content = demos.fingerprint, demos.content_hash
     del demos  # the stages below read the file themselves
 
     teacher_dir = out / "teacher"
@@ -129,11 +135,20 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
                        latency_ms_median=round(cost["teacher_latency_ms"], 3), layers_executed_frac=1.0)
     rows = [ev_t["row"], ev_s["row"]]
     usage_md = layer_usage_report(ev_s["row"], out / f"eval-{name}")
-    results = {"benchmark": "metaworld-MT10", "config": cfg.to_dict(), "rows": rows,
-               "stage_seconds": {s["stage"]: s["seconds"] for s in st.rows}}
+    results = {"benchmark": "metaworld-MT10", "config": cfg.to_dict(), "provenance": st.now, "dataset_content_hash": content,
+               "rows": rows, "stage_seconds": {s["stage"]: s["seconds"] for s in st.rows}, "reused_across_versions": st.notices}
     atomic_write_json(out / "mt10.json", results)
     return {"stages": st.rows, "rows": rows, "results": str(out / "mt10.json"), "layer_usage": usage_md, "cost": cost,
-            "heatmap": str(out / f"eval-{name}" / "layer_usage.png"), "wall_seconds": round(time.time() - t_start, 1)}
+            "heatmap": str(out / f"eval-{name}" / "layer_usage.png"), "wall_seconds": round(time.time() - t_start, 1),
+            "notices": st.notices, "reproduction": compare_with_reference(results, reference_results_path())}
+
+
+def compare_with_reference(results: dict, path: Path) -> dict:
+    """`reproduction_check` of a finished run against the committed results at `path` (when there are any)."""
+    if not path.is_file():
+        return {"comparable": False, "reason": f"no committed results at {path}", "rows": [], "dataset_match": None}
+    reference = read_json(path, "the committed default-run results")
+    return reproduction_check(results["rows"], results["dataset_content_hash"], results["config"], reference)
 
 
 def measure_cost(teacher_dir: Path, student_dir: Path, data_path: Path) -> dict:

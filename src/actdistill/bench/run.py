@@ -22,6 +22,7 @@ from actdistill.artifacts import ArtifactError, atomic_write_bytes, atomic_write
 from actdistill.config import BenchConfig, RunConfig, TeacherConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
 from actdistill.pipeline import _Stages, evaluate_stage
+from actdistill.provenance import check_provenance, provenance
 
 
 ROW_FIELDS = ("name", "success_mean", "success_ci95", "success_per_task", "success_hard", "episodes_per_task",
@@ -34,9 +35,13 @@ _TOL = 1e-9  # interval ends and means are computed in different summation order
 
 def check_bench_results(results: dict) -> None:
     """Raise ArtifactError, in one sentence, unless `results` has the shape `mt10.json` promises."""
-    for key in ("benchmark", "config", "hard_tasks", "rows"):
+    for key in ("benchmark", "config", "provenance", "dataset_content_hash", "hard_tasks", "rows"):
         if key not in results:
             raise ArtifactError(f"bench results lack the field '{key}'.")
+    try:
+        check_provenance(results["provenance"], "the bench results")
+    except ValueError as err:
+        raise ArtifactError(str(err)) from err
     for r in results["rows"]:
         name = r.get("name", "?")
         missing = [k for k in ROW_FIELDS if k not in r]
@@ -286,7 +291,8 @@ def finish_bench(rows: dict, policies: dict, cfg: BenchConfig, tasks: tuple, dat
     for r in out_rows:
         r["ideal_speedup"] = t_pol / r["policy_gflops"]
         r["speedup_of_ideal"] = r["speedup"] / r["ideal_speedup"]
-    results = {"benchmark": "metaworld-MT10", "config": {"run": rc.to_dict(), "bench": cfg.to_dict()}, "hard_tasks": hard,
+    results = {"benchmark": "metaworld-MT10", "config": {"run": rc.to_dict(), "bench": cfg.to_dict()},
+               "provenance": provenance(), "dataset_content_hash": data.content_hash, "hard_tasks": hard,
                **(extra or {}), "rows": out_rows}
     check_bench_results(results)
     atomic_write_json(out / "mt10.json", results)

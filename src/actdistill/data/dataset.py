@@ -21,6 +21,7 @@ class FrameDataset:
     def __init__(self, demoset: DemoSet, chunk_size: int, task_names: tuple[str, ...] | None = None):
         demos = demoset.demos
         self.fingerprint = demoset.fingerprint
+        self.content_hash = demoset.content_hash
         self.chunk_size = chunk_size
         self.task_names = tuple(task_names or demoset.tasks)
         unknown = {d.task for d in demos} - set(self.task_names)

@@ -12,6 +12,7 @@ keys are named in `read_demos(image_key=..., state_key=...)`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -45,6 +46,23 @@ class Demo:
             raise ValueError(f"Demo of {self.task} (seed {self.placement_seed}) has no instruction.")
 
 
+def _hash_demo(h, demo: Demo) -> None:
+    """Feed one demo's content (not the file's bytes, which carry a timestamp) into a running hash."""
+    h.update(json.dumps([demo.task, demo.instruction, int(demo.placement_seed)]).encode())
+    for arr in (demo.images, demo.states.astype(np.float32), demo.actions.astype(np.float32)):
+        arr = np.ascontiguousarray(arr)
+        h.update(f"{arr.dtype.str}{arr.shape}".encode())
+        h.update(arr.tobytes())
+
+
+def content_hash(demos: list[Demo]) -> str:
+    """Hash of the demonstrations themselves, in file order: equal for bit-identical collections."""
+    h = hashlib.sha256()
+    for d in demos:
+        _hash_demo(h, d)
+    return h.hexdigest()[:16]
+
+
 class DemoWriter:
     """Append demos to a temporary file; `close()` renames it into place (a killed run leaves no valid-looking file)."""
 
@@ -53,6 +71,7 @@ class DemoWriter:
         self._tmp = self.path.with_name(f".{self.path.name}.tmp")
         self._n = 0
         self._total = 0
+        self._hash = hashlib.sha256()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = h5py.File(self._tmp, "w")
@@ -77,10 +96,17 @@ class DemoWriter:
         g.create_dataset("actions", data=demo.actions.astype(np.float32))
         self._n += 1
         self._total += len(demo.actions)
+        _hash_demo(self._hash, demo)
+
+    @property
+    def content_hash(self) -> str:
+        """`content_hash` of the demos added so far."""
+        return self._hash.hexdigest()[:16]
 
     def close(self, extra_attrs: dict | None = None) -> None:
         try:
             self._data.attrs["total"] = self._total
+            self._data.attrs["content_hash"] = self.content_hash
             for k, v in (extra_attrs or {}).items():
                 self._data.attrs[k] = json.dumps(v)
             self._f.close()
@@ -103,6 +129,7 @@ class DemoSet:
     env_args: dict
     fingerprint: str
     attrs: dict = field(default_factory=dict)
+    content_hash: str = ""  # `content_hash(demos)`: equal for bit-identical collections, whatever the file's timestamps
 
     @property
     def tasks(self) -> list[str]:
@@ -128,7 +155,8 @@ def read_demos(path: Path, image_key: str = "obs/image", state_key: str = "obs/s
         data = f["data"]
         header = json.loads(data.attrs.get("header", "{}"))
         env_args = json.loads(data.attrs.get("env_args", "{}"))
-        attrs = {k: json.loads(v) for k, v in data.attrs.items() if k not in ("header", "env_args", "total")}
+        attrs = {k: json.loads(v) for k, v in data.attrs.items() if k not in ("header", "env_args", "total", "content_hash")}
+        stored_hash = data.attrs.get("content_hash")
         names = sorted((k for k in data.keys() if k.startswith("demo_")), key=lambda s: int(s.split("_")[1]))
         if not names:
             raise ArtifactError(f"Dataset {path} holds no demos.")
@@ -155,4 +183,9 @@ def read_demos(path: Path, image_key: str = "obs/image", state_key: str = "obs/s
             if not (np.isfinite(demo.states).all() and np.isfinite(demo.actions).all()):
                 raise ArtifactError(f"{path}:{name} contains NaN or infinite states or actions; remove the demo or collect again.")
             demos.append(demo)
-    return DemoSet(demos=demos, header=header, env_args=env_args, fingerprint=hash_file(path), attrs=attrs)
+    digest = content_hash(demos)
+    if stored_hash is not None and stored_hash != digest:
+        raise ArtifactError(f"Dataset {path} does not hold the demos it was written with (content hash {digest}, recorded "
+                            f"{stored_hash}); it was changed after collection, collect it again.")
+    return DemoSet(demos=demos, header=header, env_args=env_args, fingerprint=hash_file(path), attrs=attrs,
+                   content_hash=digest)

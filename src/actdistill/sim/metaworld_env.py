@@ -100,6 +100,9 @@ class MT10Env:
         self._env.seed(int(placement_seed))
         raw, _ = self._env.reset()
         self._env._freeze_rand_vec = True  # keep this placement until the next reset
+        # Meta-World moves sites (the goal marker) in the model after its last mj_forward, so without this the
+        # first frame shows the previous episode's marker: an episode's bytes would depend on what ran before it.
+        self._mujoco.mj_forward(self._env.model, self._env.data)
         self._raw_obs = raw
         self.steps = 0
         return self._observe()
