@@ -26,7 +26,7 @@ def _row(name: str, **kw) -> dict:
     row = {"name": name, "success_mean": 0.5, "success_ci95": [0.4, 0.6], "success_per_task": {"t": 0.5},
            "success_hard": 0.5, "episodes_per_task": 30, "layers_executed_frac": 0.5, "decoder_gflops": 0.05,
            "policy_gflops": 0.08, "latency_ms_median": 10.0, "speedup": 1.5, "ideal_speedup": 1.7,
-           "speedup_of_ideal": 0.88, "peak_memory_mb": 20.0}
+           "speedup_of_ideal": 0.88, "peak_memory_mb": 20.0, "seeds": 1, "seed_success": [0.5]}
     row.update(kw)
     return row
 
@@ -56,9 +56,57 @@ def test_committed_mt10_results_validate():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mt10.json"
     results = json.loads(path.read_text())
     # committed before provenance was recorded (tests/test_provenance.py lists such files); the rest of the shape holds
-    check_bench_results({"provenance": provenance(), "dataset_content_hash": None, **results})
+    legacy_rows = [{"seeds": 1, "seed_success": [r["success_mean"]], **r} for r in results["rows"]]  # one seed then
+    check_bench_results({"provenance": provenance(), "dataset_content_hash": None, **results, "rows": legacy_rows})
     names = [r["name"] for r in results["rows"]]
     methods = ("static-prune", "router-kd", "early-exit", "scratch")
     expected = ["teacher"] + [f"actdistill-rho{r}" for r in (0.3, 0.5, 0.7)] + [f"{m}-rho{r}" for r in (0.3, 0.5) for m in methods]
     assert sorted(names) == sorted(expected)
     assert {r["episodes_per_task"] for r in results["rows"]} == {30}
+
+
+def _episodes(per_task):
+    return {t: list(v) for t, v in per_task.items()}
+
+
+def test_seed_pooling_averages_seeds_and_reports_their_spread():
+    from actdistill.bench.run import pool_seeds
+
+    tasks = ("a", "b")
+    members = []
+    for eps in ({"a": [1, 1, 0, 0], "b": [1, 1, 1, 1]}, {"a": [1, 1, 1, 1], "b": [0, 0, 0, 1]}):
+        per_task = {t: float(np.mean(v)) for t, v in eps.items()}
+        members.append({"name": "x", "success_mean": float(np.mean(list(per_task.values()))), "success_per_task": per_task,
+                        "per_episode_success": eps, "episodes_per_task": 4, "layers_executed_frac": 0.4})
+    members[1]["layers_executed_frac"] = 0.6
+    row = pool_seeds("m-rho0.5", members, tasks)
+    assert row["success_per_task"] == {"a": 0.75, "b": 0.625}
+    assert row["success_mean"] == pytest.approx(0.6875) and row["seed_success"] == [0.75, 0.625]
+    assert row["seed_spread"]["std"] == pytest.approx(np.std([0.75, 0.625], ddof=1))
+    assert row["layers_executed_frac"] == pytest.approx(0.5) and row["seeds"] == 2
+    lo, hi = row["success_ci95"]
+    assert lo < row["success_mean"] < hi and "per_episode_success" not in row
+
+
+def test_seed_paired_difference_pairs_seeds_and_covers_their_spread():
+    from actdistill.bench.run import seed_paired_difference
+
+    rng = np.random.default_rng(0)
+    base = {t: rng.integers(0, 2, 30).tolist() for t in ("a", "b")}
+    # one seed on each side: exactly the episode-paired bootstrap
+    one, per = seed_paired_difference([base], [base], 500)
+    assert one == paired_bootstrap(base, base, 500) and per == [0.0]
+    # three seeds whose differences to ActDistill are +0.3, 0 and -0.3: the point is their mean, each seed is
+    # reported, and the interval spans both signs (the seeds disagree)
+    ones, zeros = {t: [1] * 30 for t in base}, {t: [0] * 30 for t in base}
+    mixed = {t: [1] * 9 + [0] * 21 for t in base}
+    a = [mixed, mixed, mixed]
+    b = [{t: [0] * 30 for t in base}, mixed, {t: [1] * 18 + [0] * 12 for t in base}]
+    d, per = seed_paired_difference(a, b, 2000)
+    assert per == pytest.approx([0.3, 0.0, -0.3]) and d[0] == pytest.approx(0.0)
+    assert d[1] < -0.1 and d[2] > 0.1
+    # a row trained once (early exit) is paired with every seed of the other side
+    d1, per1 = seed_paired_difference([ones], [zeros, ones, zeros], 200)
+    assert per1 == [1.0, 0.0, 1.0] and d1[0] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="same number of seeds"):
+        seed_paired_difference([ones, ones], [ones, ones, ones], 10)

@@ -113,3 +113,36 @@ def test_tiny_bench_on_a_tiny_run(tiny_run):
     # router-KD gets the same calibration and settling as the ActDistill student, with its own loss
     kd = json.loads((tmp_path / "run" / "bench" / "router-kd-rho0.5" / "header.json").read_text())["summary"]
     assert kd["settle"]["steps"] == 2 and kd["calibration"][-1]["phase"] == "settled"
+
+
+def test_tiny_bench_with_two_training_seeds(tiny_run):
+    """--seeds 2 trains every trained row twice (seed 1 in its own folders, other weights), runs early exit once,
+    pools each method's seeds into one row with the per-seed values, and pairs differences seed by seed."""
+    tmp_path, _ = tiny_run
+    bench = {"actdistill_budgets": [0.5], "baseline_budgets": [0.5],
+             "eval": {"episodes_per_task": 2, "max_steps": 8, "workers": 1}, "latency_repeats": 3, "latency_frames": 4,
+             "bootstrap_samples": 50, "scratch_compute_scale": 0.2}  # seed 0 rows are reused from the test above
+    (tmp_path / "bench2.json").write_text(json.dumps(bench))
+    proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "bench", "--run", str(tmp_path / "run"), "--config",
+                           str(tmp_path / "bench2.json"), "--seeds", "2", "--no-progress"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "run" / "bench" / "mt10.json").read_text())
+    check_bench_results(res)
+    rows = {r["name"]: r for r in res["rows"]}
+    assert list(rows) == ["teacher", "actdistill-rho0.5", "static-prune-rho0.5", "router-kd-rho0.5", "early-exit-rho0.5",
+                          "scratch-rho0.5"]
+    for name in ("actdistill-rho0.5", "static-prune-rho0.5", "router-kd-rho0.5", "scratch-rho0.5"):
+        assert rows[name]["seeds"] == 2 and len(rows[name]["seed_success"]) == 2
+    assert rows["early-exit-rho0.5"]["seeds"] == 1 and rows["teacher"]["seeds"] == 1
+    for name in ("static-prune-rho0.5", "router-kd-rho0.5", "early-exit-rho0.5", "scratch-rho0.5"):
+        d, per = rows[name]["delta_vs_actdistill"], rows[name]["delta_vs_actdistill_per_seed"]
+        assert len(per) == 2 and d[0] == pytest.approx(sum(per) / 2)
+    seeds = {(r["group"], r["seed"]): r for r in res["seed_rows"]}
+    assert seeds[("router-kd-rho0.5", 1)]["name"] == "router-kd-rho0.5-seed1"
+    bench_dir = tmp_path / "run" / "bench"
+    for a, b in (("distill-rho0.5-seed1", tmp_path / "run" / "distill-rho0.5"), ("router-kd-rho0.5-seed1", bench_dir / "router-kd-rho0.5")):
+        h1 = json.loads((bench_dir / a / "header.json").read_text())
+        h0 = json.loads((b / "header.json").read_text())
+        assert h1["weights_hash"] != h0["weights_hash"]  # another seed, other weights
+    assert "seed" in (bench_dir / "mt10.md").read_text().splitlines()[0]

@@ -162,7 +162,7 @@ def cmd_bench(args) -> None:
 
     if args.quick and args.config:
         raise ConfigError("--quick and --config cannot be combined; put the quick settings in the config file.")
-    cfg = _build_config(BenchConfig, args, {"episodes": "eval.episodes_per_task", "compile": "compile"},
+    cfg = _build_config(BenchConfig, args, {"episodes": "eval.episodes_per_task", "compile": "compile", "seeds": "seeds"},
                         base=BenchConfig.quick() if args.quick else None)
     r = run_bench(Path(args.run), cfg, progress=not args.no_progress)
     print_table(r["stages"], ["stage", "status", "seconds", "note"], "bench stages")
@@ -301,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Benchmark on a finished `actdistill run` folder; finished rows are reused by fingerprint.")
     bn.add_argument("--run", required=True, help="folder of a finished `actdistill run` (runs/default).")
     bn.add_argument("--episodes", type=int, help="episodes per task (default 30).")
+    bn.add_argument("--seeds", type=int, help="training seeds of every trained row (default 1); each row reports every "
+                    "seed's success, their spread, and seed-paired differences to ActDistill.")
     bn.add_argument("--compile", action="store_true", default=None, help="also measure latency under torch.compile.")
     bn.add_argument("--quick", action="store_true", help="a smoke run: every row at rho=0.5, 3 episodes per task, "
                                                          "a tenth of the scratch compute (pair it with `run --quick`).")

@@ -356,6 +356,7 @@ class BenchConfig(_Base):
     latency_frames: int = 40
     bootstrap_samples: int = 2000
     compile: bool = False  # also measure latency under torch.compile
+    seeds: int = 1  # training seeds of every trained row (seed k trains with train.seed + k); rows pool them
 
     def __post_init__(self) -> None:
         self.actdistill_budgets = tuple(self.actdistill_budgets)
@@ -364,7 +365,7 @@ class BenchConfig(_Base):
             _check(0.0 < r <= 1.0, f"BenchConfig budgets must be in (0, 1], got {r}.")
         for r in self.baseline_budgets:
             _check(r in self.actdistill_budgets, f"BenchConfig.baseline_budgets: {r} has no ActDistill row to match.")
-        _positive(self, "scratch_compute_scale", "latency_repeats", "latency_frames", "bootstrap_samples")
+        _positive(self, "scratch_compute_scale", "latency_repeats", "latency_frames", "bootstrap_samples", "seeds")
 
     @classmethod
     def quick(cls) -> "BenchConfig":

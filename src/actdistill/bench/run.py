@@ -25,7 +25,8 @@ from actdistill.pipeline import _Stages, evaluate_stage
 from actdistill.provenance import check_provenance, provenance
 
 
-ROW_FIELDS = ("name", "success_mean", "success_ci95", "success_per_task", "success_hard", "episodes_per_task",
+ROW_FIELDS = ("name", "success_mean", "success_ci95", "success_per_task", "success_hard", "episodes_per_task", "seeds",
+              "seed_success",
               "layers_executed_frac", "decoder_gflops", "policy_gflops", "latency_ms_median", "speedup", "ideal_speedup",
               "speedup_of_ideal", "peak_memory_mb")
 
@@ -100,8 +101,15 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     probes, cache, _ = load_probe_artifact(probe_dir, teacher, teacher_hash, data.fingerprint)
     st = _Stages()
     eval_key = {"eval": cfg.eval.to_dict(), "sim": sim.to_dict()}
-    rows: dict[str, dict] = {}
+    rows: dict[str, dict] = {}  # one per trained policy (per seed), by name
     policies: dict[str, Path] = {}
+    groups: dict[str, dict] = {"teacher": {"method": "teacher", "rho": None, "members": ["teacher"]}}
+
+    def member(method: str, rho: float, k: int) -> str:
+        """The row name of training seed k of `method` at budget rho (seed 0 keeps the plain name and folders)."""
+        name = f"{method}-rho{rho}" + (f"-seed{k}" if k else "")
+        groups.setdefault(f"{method}-rho{rho}", {"method": method, "rho": rho, "members": []})["members"].append(name)
+        return name
 
     def evaluate_row(name: str, folder: Path, weights_hash: str) -> None:
         def fn() -> dict:
@@ -119,19 +127,20 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
 
     # ActDistill students at every budget
     settle_steps = rc.export.settle_steps if rc.export.settles else 0
-    for rho in cfg.actdistill_budgets:
-        dcfg = dataclasses.replace(rc.distill, rho=rho)
+    for rho, k in [(rho, k) for rho in cfg.actdistill_budgets for k in range(cfg.seeds)]:
+        dcfg = dataclasses.replace(rc.distill, rho=rho, train=seeded(rc.distill.train, k))
+        tag = f"-seed{k}" if k else ""
         # the run's own student (same config) is reused rather than distilled again
-        home = run_dir if rho == rc.distill.rho else out
-        ddir, xdir = home / f"distill-rho{rho}", home / f"student-rho{rho}"
-        st.run(f"distill rho={rho}", "distill", ddir, dcfg.to_dict(), {"teacher": teacher_hash, "cache": cache.fingerprint},
+        home = run_dir if rho == rc.distill.rho and not k else out
+        ddir, xdir = home / f"distill-rho{rho}{tag}", home / f"student-rho{rho}{tag}"
+        st.run(f"distill rho={rho}{tag}", "distill", ddir, dcfg.to_dict(), {"teacher": teacher_hash, "cache": cache.fingerprint},
                lambda: run_distill(dcfg, teacher_dir, probe_dir, data_path, ddir, progress),
                lambda s: f"keep {s['train_keep_ratio']:.2f}", lambda s: s["weights"])
-        st.run(f"export rho={rho}", "export", xdir, rc.export.to_dict(),
+        st.run(f"export rho={rho}{tag}", "export", xdir, rc.export.to_dict(),
                export_inputs(rc.export, weights_hash_of(ddir), cache.fingerprint),
                lambda: run_export(rc.export, ddir, data_path, xdir, sim, progress, teacher_dir, probe_dir),
                lambda s: f"shift {s['gate_shift']:+.2f}", lambda s: s["weights"])
-        evaluate_row(f"actdistill-rho{rho}", xdir, weights_hash_of(xdir))
+        evaluate_row(member("actdistill", rho, k), xdir, weights_hash_of(xdir))
 
     # Baselines, each matched to the closed-loop compute of the ActDistill student of its budget
     similarity = layer_input_similarity(teacher, data) if cfg.baseline_budgets else None
@@ -155,14 +164,17 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
             training["settle"] = {"steps": settle_steps, "flops": d_step * settle_steps}
     n_layers = teacher.num_layers
     seeds = training_placements(data_path)
-    for rho in cfg.baseline_budgets:
-        frac = rows[f"actdistill-rho{rho}"]["layers_executed_frac"]
+    for rho, k in [(rho, k) for rho in cfg.baseline_budgets for k in range(cfg.seeds)]:
+        tag = f"-seed{k}" if k else ""
+        # matched to the closed-loop compute of the ActDistill student of the same budget and seed
+        frac = rows[f"actdistill-rho{rho}{tag}"]["layers_executed_frac"]
         keep = max(1, int(round(frac * n_layers)))
 
         # static pruning + task-loss fine-tuning
-        name, folder = f"static-prune-rho{rho}", out / f"static-prune-rho{rho}"
+        name = member("static-prune", rho, k)
+        folder = out / name
         # as many task-loss steps as the ActDistill student trains (distillation + settling)
-        ft_cfg = dataclasses.replace(rc.distill.train, steps=rc.distill.train.steps + settle_steps)
+        ft_cfg = dataclasses.replace(seeded(rc.distill.train, k), steps=rc.distill.train.steps + settle_steps)
         key = {"keep": keep, "train": ft_cfg.to_dict(), "similarity": similarity.tolist()}
 
         def static_fn(folder=folder, keep=keep, rho=rho, key=key, ft_cfg=ft_cfg) -> dict:
@@ -175,13 +187,14 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
                                    {"teacher": teacher_hash}, {"kept_layers": sorted(torch.argsort(similarity)[:keep].tolist())}),
                     "seconds": round(time.time() - t0, 1)}
 
-        st.run(f"static-prune rho={rho}", "export", folder, key, {"teacher": teacher_hash}, static_fn,
+        st.run(f"static-prune rho={rho}{tag}", "export", folder, key, {"teacher": teacher_hash}, static_fn,
                lambda s: f"layers {s['kept_layers']}", lambda s: s["weights"])
         evaluate_row(name, folder, weights_hash_of(folder))
 
         # router with action-only distillation (no graph supervision), same budget and calibration
-        name, folder = f"router-kd-rho{rho}", out / f"router-kd-rho{rho}"
-        dcfg = dataclasses.replace(rc.distill, rho=rho)
+        name = member("router-kd", rho, k)
+        folder = out / name
+        dcfg = dataclasses.replace(rc.distill, rho=rho, train=seeded(rc.distill.train, k))
         key = {"distill": dcfg.to_dict(), "export": rc.export.to_dict()}
 
         def kd_fn(folder=folder, dcfg=dcfg, key=key) -> dict:
@@ -203,12 +216,16 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
                                    {"teacher": teacher_hash}, {"calibration": history, **extra}),
                     "seconds": round(time.time() - t0, 1)}
 
-        st.run(f"router-kd rho={rho}", "export", folder, key, {"teacher": teacher_hash}, kd_fn,
+        st.run(f"router-kd rho={rho}{tag}", "export", folder, key, {"teacher": teacher_hash}, kd_fn,
                lambda s: f"shift {s['gate_shift']:+.2f}", lambda s: s["weights"])
         evaluate_row(name, folder, weights_hash_of(folder))
 
-        # early exit on the teacher's own probes
-        name, folder = f"early-exit-rho{rho}", out / f"early-exit-rho{rho}"
+        # early exit on the teacher's own probes: nothing is trained, so its row does not depend on a training seed
+        # and runs once, matched to seed 0's compute
+        if k:
+            continue
+        name = member("early-exit", rho, k)
+        folder = out / name
         key = {"target_frac": frac}
 
         def exit_fn(folder=folder, frac=frac, key=key) -> dict:
@@ -228,16 +245,18 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     # a smaller model of the student's mean depth, from scratch, with the same training compute
     # (FLOPs of the teacher's training plus the distillation's, each counted on a real training step);
     # last, because these are the longest trainings and every cheaper row is worth having first
-    for rho in cfg.baseline_budgets:
-        keep = max(1, int(round(rows[f"actdistill-rho{rho}"]["layers_executed_frac"] * n_layers)))
-        name, folder = f"scratch-rho{rho}", out / f"scratch-rho{rho}"
+    for rho, k in [(rho, k) for rho in cfg.baseline_budgets for k in range(cfg.seeds)]:
+        tag = f"-seed{k}" if k else ""
+        keep = max(1, int(round(rows[f"actdistill-rho{rho}{tag}"]["layers_executed_frac"] * n_layers)))
+        name = member("scratch", rho, k)
+        folder = out / name
         smodel = dataclasses.replace(rc.teacher.model, num_layers=keep)
         budget = training["teacher"]["flops"] + training["distill"]["flops"] + training.get("settle", {}).get("flops", 0.0)
         per_step = training_step_flops(smodel, rc.teacher.train.batch_size)
         scratch_steps = max(1, int(round(cfg.scratch_compute_scale * budget / per_step)))
-        scfg = TeacherConfig(model=smodel, train=dataclasses.replace(rc.teacher.train, steps=scratch_steps))
+        scfg = TeacherConfig(model=smodel, train=dataclasses.replace(seeded(rc.teacher.train, k), steps=scratch_steps))
         training[name] = {"steps": scratch_steps, "flops": per_step * scratch_steps}
-        st.run(f"scratch rho={rho}", "train-teacher", folder, scfg.to_dict(), {"dataset": data.fingerprint},
+        st.run(f"scratch rho={rho}{tag}", "train-teacher", folder, scfg.to_dict(), {"dataset": data.fingerprint},
                lambda scfg=scfg, folder=folder: train_teacher(scfg, data_path, folder, progress),
                lambda s, keep=keep: f"{keep} layers, {s['steps']} steps", lambda s: s["weights"])
         evaluate_row(name, folder, weights_hash_of(folder))
@@ -245,13 +264,19 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
         rows[name] = {**rows[name], "layers_executed_frac": keep / n_layers}
 
     extra = {"training_compute": {k: {"steps": v["steps"], "pflops": v["flops"] / 1e15} for k, v in training.items()}}
-    results = finish_bench(rows, policies, cfg, tasks, data, out, rc, extra)
+    results = finish_bench(rows, policies, groups, cfg, tasks, data, out, rc, extra)
     results["stages"] = st.rows
     return results
 
 
-def finish_bench(rows: dict, policies: dict, cfg: BenchConfig, tasks: tuple, data, out: Path, rc: RunConfig,
+def seeded(train, k: int):
+    """Training seed k of a row: the configured seed plus k (k = 0 is the single-seed bench)."""
+    return dataclasses.replace(train, seed=train.seed + k)
+
+
+def finish_bench(rows: dict, policies: dict, groups: dict, cfg: BenchConfig, tasks: tuple, data, out: Path, rc: RunConfig,
                  extra: dict | None = None) -> dict:
+    """One row per method and budget, pooled over its training seeds; cost columns from its seed-0 policy."""
     from actdistill.bench.cost import sample_frames
     from actdistill.bench.flops import policy_flops
     from actdistill.bench.latency import interleaved_latency
@@ -262,43 +287,102 @@ def finish_bench(rows: dict, policies: dict, cfg: BenchConfig, tasks: tuple, dat
     teacher_row = rows["teacher"]
     hard = [t for t in tasks if teacher_row["success_per_task"][t] < 0.9]
     frames = sample_frames(data, cfg.latency_frames)
-    loaded = {n: load_policy(p) for n, p in policies.items()}
+    # a seed changes the weights, not the architecture: FLOPs, latency and memory are measured on seed 0's policy
+    firsts = {g: spec["members"][0] for g, spec in groups.items()}
+    loaded = {g: load_policy(policies[m]) for g, m in firsts.items()}
     latency = interleaved_latency(loaded, frames, repeats=cfg.latency_repeats)
     compiled = None
     if cfg.compile:
         compiled = interleaved_latency({n: _compiled(p) for n, p in loaded.items()}, frames, repeats=cfg.latency_repeats)
     out_rows = []
-    for name, r in rows.items():
+    for name, spec in groups.items():
+        members = [rows[m] for m in spec["members"]]
         fl = [policy_flops(loaded[name], f) for f in frames]
         dec = float(np.mean([x["decoder_flops"] for x in fl])) / 1e9
         pol = float(np.mean([x["policy_flops"] for x in fl])) / 1e9
         mem = max((peak_memory(loaded[name], f) for f in frames), key=lambda m: m["peak_memory_mb"])
-        row = {k: v for k, v in r.items() if k not in ("per_episode_success",)}
-        row.update(success_hard=float(np.mean([r["success_per_task"][t] for t in hard])) if hard else None,
-                   layers_executed_frac=r.get("layers_executed_frac", 1.0), decoder_gflops=dec, policy_gflops=pol,
+        row = pool_seeds(name, members, tasks)
+        row.update(method=spec["method"], rho=spec["rho"],
+                   success_hard=float(np.mean([row["success_per_task"][t] for t in hard])) if hard else None,
+                   decoder_gflops=dec, policy_gflops=pol,
                    latency_ms_median=latency[name], speedup=latency["teacher"] / latency[name],
                    peak_memory_mb=mem["peak_memory_mb"], weights_mb=mem["weights_mb"], activations_mb=mem["activations_mb"])
         if compiled:
             row.update(latency_ms_median_compiled=compiled[name], speedup_compiled=compiled["teacher"] / compiled[name])
-        rho = name.split("-rho")[-1] if "-rho" in name else None
-        if rho and not name.startswith("actdistill") and f"actdistill-rho{rho}" in rows:
-            row["delta_vs_actdistill"] = paired_bootstrap(r["per_episode_success"],
-                                                          rows[f"actdistill-rho{rho}"]["per_episode_success"], cfg.bootstrap_samples)
+        ref = f"actdistill-rho{spec['rho']}"
+        if spec["method"] not in ("teacher", "actdistill") and ref in groups:
+            a = [r["per_episode_success"] for r in members]
+            b = [rows[m]["per_episode_success"] for m in groups[ref]["members"]]
+            row["delta_vs_actdistill"], row["delta_vs_actdistill_per_seed"] = seed_paired_difference(a, b, cfg.bootstrap_samples)
         out_rows.append(row)
-        if name.startswith("actdistill") and r.get("layer_usage_per_task"):
-            layer_usage_report(r, out / f"eval-{name}")  # per-task layer usage: markdown + heatmap
+        if spec["method"] == "actdistill" and members[0].get("layer_usage_per_task"):
+            layer_usage_report(members[0], out / f"eval-{firsts[name]}")  # per-task layer usage: markdown + heatmap
     t_pol = next(r["policy_gflops"] for r in out_rows if r["name"] == "teacher")
     for r in out_rows:
         r["ideal_speedup"] = t_pol / r["policy_gflops"]
         r["speedup_of_ideal"] = r["speedup"] / r["ideal_speedup"]
+    seed_rows = [{"name": m, "group": g, "seed": i, **{k: rows[m][k] for k in ("success_mean", "success_per_task")},
+                  "layers_executed_frac": rows[m].get("layers_executed_frac", 1.0)}
+                 for g, spec in groups.items() for i, m in enumerate(spec["members"])]
     results = {"benchmark": "metaworld-MT10", "config": {"run": rc.to_dict(), "bench": cfg.to_dict()},
                "provenance": provenance(), "dataset_content_hash": data.content_hash, "hard_tasks": hard,
-               **(extra or {}), "rows": out_rows}
+               **(extra or {}), "rows": out_rows, "seed_rows": seed_rows}
     check_bench_results(results)
     atomic_write_json(out / "mt10.json", results)
     atomic_write_bytes(out / "mt10.md", bench_table(out_rows).encode())
     pareto_plot(out_rows, out / "pareto.png")
     return results
+
+
+def pool_seeds(name: str, members: list[dict], tasks: tuple) -> dict:
+    """The evaluation rows of one method's training seeds as one row: per-task success averaged over seeds, a
+    Wilson CI over every pooled episode, each seed's mean success and their spread (sample std, min, max)."""
+    from actdistill.evaluate import wilson_ci
+
+    row = {k: v for k, v in members[0].items() if k not in ("per_episode_success",)}
+    per_task = {t: float(np.mean([r["success_per_task"][t] for r in members])) for t in tasks}
+    episodes = {t: [x for r in members for x in r["per_episode_success"][t]] for t in tasks}
+    k_all = sum(sum(v) for v in episodes.values())
+    n_all = sum(len(v) for v in episodes.values())
+    seed_success = [float(r["success_mean"]) for r in members]
+    row.update(name=name, success_mean=float(np.mean(list(per_task.values()))), success_per_task=per_task,
+               success_ci95=list(wilson_ci(k_all, n_all)),
+               success_ci95_per_task={t: list(wilson_ci(sum(v), len(v))) for t, v in episodes.items()},
+               layers_executed_frac=float(np.mean([r.get("layers_executed_frac", 1.0) for r in members])),
+               seeds=len(members), seed_success=seed_success,
+               seed_spread={"std": float(np.std(seed_success, ddof=1)) if len(members) > 1 else 0.0,
+                            "min": min(seed_success), "max": max(seed_success)})
+    if all(r.get("layer_usage_per_task") for r in members):
+        row["layer_usage_per_task"] = {t: np.mean([r["layer_usage_per_task"][t] for r in members], axis=0).round(4).tolist()
+                                       for t in tasks}
+    return row
+
+
+def seed_paired_difference(a: list[dict[str, list[int]]], b: list[dict[str, list[int]]], samples: int,
+                           seed: int = 0) -> tuple[list[float], list[float]]:
+    """Mean (a - b) success over training seeds with a 95% CI, and each seed's own difference.
+
+    Seed i of `a` is paired with seed i of `b` (a row with one seed, like early exit, is paired with every seed of
+    the other). With one seed on both sides this is `paired_bootstrap`; with several, each bootstrap sample
+    redraws the seed pairs and then the episodes within each pair (placements stay paired), so the interval
+    covers the spread between training runs as well as the episode noise.
+    """
+    n = max(len(a), len(b))
+    a, b = (a * n if len(a) == 1 else a), (b * n if len(b) == 1 else b)
+    if len(a) != len(b):
+        raise ValueError(f"Seed-paired differences need the same number of seeds on both sides, got {len(a)} and {len(b)}.")
+    per_seed = [paired_bootstrap(x, y, samples=1, seed=seed)[0] for x, y in zip(a, b)]
+    if n == 1:
+        return paired_bootstrap(a[0], b[0], samples, seed), per_seed
+    rng = np.random.default_rng(seed)
+    tasks = list(a[0])
+    diffs = [[np.asarray(x[t], float) - np.asarray(y[t], float) for t in tasks] for x, y in zip(a, b)]  # [seed][task]
+    boots = np.empty(samples)
+    for i in range(samples):
+        picks = rng.integers(0, n, n)
+        boots[i] = np.mean([np.mean([d[rng.integers(0, len(d), len(d))].mean() for d in diffs[p]]) for p in picks])
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return [float(np.mean(per_seed)), float(lo), float(hi)], per_seed
 
 
 def _compiled(policy):
@@ -309,15 +393,19 @@ def _compiled(policy):
 
 
 def bench_table(rows: list[dict]) -> str:
-    head = ("| row | success (95% CI) | hard tasks | delta vs ActDistill [95% CI] | layers | decoder GFLOPs | "
-            "policy GFLOPs | latency ms | speedup | ideal | peak MiB |")
-    lines = [head, "|" + "---|" * 11]
+    head = ("| row | success (95% CI) | per training seed | hard tasks | delta vs ActDistill [95% CI] | per-seed delta | "
+            "layers | decoder GFLOPs | policy GFLOPs | latency ms | speedup | ideal | peak MiB |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         lo, hi = r["success_ci95"]
         d = r.get("delta_vs_actdistill")
         d_s = f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" if d else ""
+        per_d = "/".join(f"{x:+.3f}" for x in r.get("delta_vs_actdistill_per_seed", [])) if r.get("seeds", 1) > 1 else ""
+        per_s = "/".join(f"{x:.3f}" for x in r["seed_success"]) if r.get("seeds", 1) > 1 else ""
+        if per_s:
+            per_s += f" (sd {r['seed_spread']['std']:.3f})"
         hard = f"{r['success_hard']:.3f}" if r.get("success_hard") is not None else ""
-        lines.append(f"| {r['name']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {hard} | {d_s} | "
+        lines.append(f"| {r['name']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {per_s} | {hard} | {d_s} | {per_d} | "
                      f"{r['layers_executed_frac']:.2f} | {r['decoder_gflops']:.4f} | {r['policy_gflops']:.4f} | "
                      f"{r['latency_ms_median']:.2f} | {r['speedup']:.2f} | {r['ideal_speedup']:.2f} | "
                      f"{r['peak_memory_mb']:.1f} |")
