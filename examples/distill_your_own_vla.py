@@ -27,7 +27,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 from actdistill.artifacts import hash_tensors
 from actdistill.bench.flops import policy_flops
 from actdistill.config import DistillConfig, EvalConfig, ProbeConfig, SimConfig, TrainConfig
-from actdistill.constants import OBS_IMAGE, OBS_LANG, OBS_STATE, STATE_DIM
+from actdistill.constants import ACTION, ACTION_PAD, OBS_IMAGE, OBS_LANG, OBS_STATE, STATE_DIM
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
 from actdistill.distill.routing import RoutedStudent
@@ -99,7 +99,7 @@ class LlavaVLA(PolicyMixin, nn.Module):
         return self.head.decode(self.cognition(h_normed))
 
     def task_loss(self, h_normed: torch.Tensor, batch: dict) -> torch.Tensor:
-        return self.head.loss(self.cognition(h_normed), batch["action"], batch.get("action_pad"))
+        return self.head.loss(self.cognition(h_normed), batch[ACTION], batch.get(ACTION_PAD))
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:  # teacher training
         loss = self.task_loss(self.backbone(self.embed(batch)), batch)

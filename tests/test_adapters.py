@@ -89,3 +89,47 @@ def test_a_few_training_steps_through_the_adapter_move_the_router(family):
         loss.backward()
         opt.step()
     assert not torch.equal(before, student.router.gate.weight) and torch.isfinite(loss)
+
+
+def test_a_config_window_the_layers_ignore_is_not_used():
+    """OLMo 2 ignores `sliding_window` in its config; guessing sliding masks from it gave wrong hidden states."""
+    from transformers import AutoModel, Olmo2Config
+
+    torch.manual_seed(0)
+    cfg = Olmo2Config(vocab_size=11, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=64, max_position_embeddings=64, sliding_window=5)
+    model = AutoModel.from_config(cfg).eval()
+    bb = DecoderBackbone(model)
+    assert bb.layer_types == ["full_attention"] * 3
+    h = torch.randn(2, 20, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(bb(h), model(inputs_embeds=h).last_hidden_state, atol=1e-5, rtol=1e-5)
+
+
+def test_a_decoder_whose_forward_the_loop_cannot_reproduce_is_refused():
+    from transformers import LlamaConfig, LlamaModel
+
+    class Doubled(LlamaModel):  # a forward that does more than embed -> layers -> norm
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.last_hidden_state = out.last_hidden_state * 2
+            return out
+
+    cfg = LlamaConfig(vocab_size=11, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=64, max_position_embeddings=32)
+    with pytest.raises(AdapterError, match="does not reproduce its own forward"):
+        DecoderBackbone(Doubled(cfg))
+    DecoderBackbone(Doubled(cfg), verify=False)  # the check can be skipped on purpose
+
+
+def test_wrapping_does_not_move_the_global_rng():
+    from transformers import LlamaConfig, LlamaModel
+
+    cfg = LlamaConfig(vocab_size=11, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=64, max_position_embeddings=32)
+    model = LlamaModel(cfg)
+    torch.manual_seed(3)
+    a = torch.rand(4)
+    torch.manual_seed(3)
+    DecoderBackbone(model)
+    assert torch.equal(torch.rand(4), a)

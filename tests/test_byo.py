@@ -94,3 +94,25 @@ def test_the_worked_example_runs_from_wrapping_to_exported_student(example, tiny
     from safetensors.torch import load_file
 
     assert not any(k.startswith("probes.") for k in load_file(str(saved)))  # the graph parts are gone
+
+
+def test_the_example_does_not_train_on_padded_chunk_steps(example):
+    """Chunk steps past an episode's end (ACTION_PAD) carry no loss: changing them leaves the task loss as it is,
+    changing a real step does not (the example once read a key that does not exist and trained on padding)."""
+    from actdistill.constants import ACTION, ACTION_PAD
+
+    vla = _vla(example)
+    batch = _batch(_Cfg, 3)
+    batch[ACTION] = torch.rand(3, vla.chunk_size, 4) * 2 - 1
+    pad = torch.zeros(3, vla.chunk_size, dtype=torch.bool)
+    pad[:, -2:] = True
+    batch[ACTION_PAD] = pad
+    with torch.no_grad():
+        h = vla.backbone(vla.embed(batch))
+        base = vla.task_loss(h, batch)
+        padded = dict(batch, **{ACTION: batch[ACTION].clone()})
+        padded[ACTION][:, -2:] += 5.0
+        real = dict(batch, **{ACTION: batch[ACTION].clone()})
+        real[ACTION][:, 0] += 5.0
+        assert torch.equal(vla.task_loss(h, padded), base)
+        assert not torch.equal(vla.task_loss(h, real), base)

@@ -28,6 +28,9 @@ FAMILIES = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig
             "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig}
 
 
+_ABSENT = object()  # an attribute a module does not have (None is a value: "no window")
+
+
 class AdapterError(ValueError):
     """A model cannot be driven layer by layer (no decoder layers found, an unsupported layer type)."""
 
@@ -74,9 +77,12 @@ class DecoderBackbone(nn.Module):
     the layer loop reproduces the model's own forward on `inputs_embeds` (tests check Llama, Qwen2, Mistral
     and the Gemma family)."""
 
-    def __init__(self, model: nn.Module, register: bool = True):
+    def __init__(self, model: nn.Module, register: bool = True, verify: bool = True):
         """`register=False` when the decoder already belongs to your model (a VLM's `language_model`): the
-        backbone then drives it without holding it as a submodule, so its weights are stored once."""
+        backbone then drives it without holding it as a submodule, so its weights are stored once.
+
+        `verify` runs the layer loop and the model's own forward on one small random input and refuses, in one
+        sentence, a model whose forward does something the loop does not (skipped only for meta-device weights)."""
         super().__init__()
         decoder = find_decoder(model)
         if register:
@@ -84,15 +90,56 @@ class DecoderBackbone(nn.Module):
         else:
             object.__setattr__(self, "model", decoder)  # a reference, not a submodule
         self.config = self.model.config
+        self._rotary_per_type = "layer_type" in inspect.signature(self.model.rotary_emb.forward).parameters
+        candidates = self._candidate_layer_types()
+        for types in candidates:
+            unknown = sorted(set(types) - set(MASKS))
+            if unknown:
+                raise AdapterError(f"{type(self.model).__name__} has layer types {unknown}; supported: {sorted(MASKS)}.")
+        self.layer_types = candidates[0]
+        if verify and not any(p.is_meta for p in self.model.parameters()):
+            self._choose_verified(candidates)
+
+    def _candidate_layer_types(self) -> list[list[str]]:
+        """Each layer's attention type, from the model itself; several candidates where the model leaves it open."""
         n = len(self.model.layers)
         types = getattr(self.config, "layer_types", None)
-        if types is None:  # e.g. Mistral: one mask for every layer, sliding if the config has a window
-            types = ["sliding_attention" if getattr(self.config, "sliding_window", None) else "full_attention"] * n
-        unknown = sorted(set(types) - set(MASKS))
-        if unknown:
-            raise AdapterError(f"{type(self.model).__name__} has layer types {unknown}; supported: {sorted(MASKS)}.")
-        self.layer_types = list(types[:n])
-        self._rotary_per_type = "layer_type" in inspect.signature(self.model.rotary_emb.forward).parameters
+        if types is not None:
+            return [list(types[:n])]
+        windows = [getattr(getattr(layer, "self_attn", None), "sliding_window", _ABSENT) for layer in self.model.layers]
+        if all(w is not _ABSENT for w in windows):  # the attention modules hold the window they use (None: full)
+            return [["sliding_attention" if w else "full_attention" for w in windows]]
+        if getattr(self.config, "sliding_window", None):
+            # a window in the config that the layers may use (Mistral) or ignore (OLMo 2): the model's own
+            # forward decides between the two (`_choose_verified`)
+            return [["sliding_attention"] * n, ["full_attention"] * n]
+        return [["full_attention"] * n]
+
+    @torch.no_grad()
+    def _choose_verified(self, candidates: list[list[str]]) -> None:
+        """Keep the first candidate whose layer loop reproduces the model's own forward; refuse if none does."""
+        p = next(self.model.parameters())
+        window = getattr(self.config, "sliding_window", None) or 0
+        length = min(window + 4, 256) if window else 8  # longer than the window, so a sliding mask differs from full
+        g = torch.Generator().manual_seed(0)  # a private generator: wrapping must not move the global RNG
+        h = torch.randn(1, length, self.config.hidden_size, generator=g).to(device=p.device, dtype=p.dtype)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            theirs = self.model(inputs_embeds=h, use_cache=False).last_hidden_state
+            tol = 1e-4 if p.dtype == torch.float32 else 3e-2
+            worst = float("inf")
+            for types in candidates:
+                self.layer_types = types
+                ours = self.forward(h)
+                worst = min(worst, float((ours - theirs).abs().max()))
+                if torch.allclose(ours, theirs, atol=tol * (1 + float(theirs.abs().max())), rtol=tol):
+                    return
+        finally:
+            self.model.train(was_training)
+        raise AdapterError(f"Driving {type(self.model).__name__} layer by layer does not reproduce its own forward (max "
+                           f"difference {worst:.3g} on a random input): its forward does something besides embed -> "
+                           "layers -> norm that this adapter does not know; it cannot be routed as it is.")
 
     @classmethod
     def build(cls, family: str, hidden_size: int, num_layers: int, num_heads: int, num_kv_heads: int,
