@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from actdistill.bench.baselines import (EarlyExitPolicy, choose_exit_threshold, layer_input_similarity, router_kd_loss,
+from actdistill.early_exit import EarlyExitPolicy, choose_exit_threshold
+from actdistill.bench.baselines import (layer_input_similarity, router_kd_loss,
                                         static_prune_student, task_loss)
 from actdistill.config import DistillConfig
 from actdistill.data.dataset import FrameDataset

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from actdistill.artifacts import make_header, write_header
-from actdistill.pipeline import _Stages
+from actdistill.pipeline import StageRunner
 from actdistill.provenance import (KEY_PACKAGES, check_provenance, provenance, reproduction_check, same_environment,
                                    version_changes)
 
@@ -51,7 +51,7 @@ def test_a_stage_reused_across_a_version_change_says_so_in_one_line(tmp_path):
     header = make_header("collect", {"a": 1}, inputs={}, summary={"seconds": 1.0})
     header["provenance"]["packages"]["numpy"] = "0.0.1"
     write_header(tmp_path, header)
-    st = _Stages()
+    st = StageRunner()
     calls = []
     st.run("collect", "collect", tmp_path, {"a": 1}, {}, lambda: calls.append(1) or {}, lambda s: "", lambda s: "")
     assert not calls and st.rows[0]["status"] == "reused"

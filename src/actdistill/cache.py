@@ -2,7 +2,7 @@
 
 Keyed by sample id (global frame index), never by batch position, and stamped
 with a fingerprint of the teacher weights, the dataset and the probe heads.
-Distillation refuses a cache whose fingerprint does not match (DESIGN.md "Teacher probing").
+Distillation refuses a cache whose fingerprint does not match (docs/design.md "Teacher probing").
 """
 
 from __future__ import annotations

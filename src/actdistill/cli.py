@@ -105,7 +105,8 @@ def cmd_train_teacher(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from actdistill.evaluate import PolicySpec, evaluate
+    from actdistill.evaluate import evaluate
+    from actdistill.registry import PolicySpec
 
     cfg = _build_config(EvalConfig, args, {"episodes": "episodes_per_task", "max_steps": "max_steps",
                                            "workers": "workers", "gifs": "gifs_per_task", "seed": "seed"})

@@ -1,4 +1,4 @@
-"""`actdistill collect`: scripted Meta-World experts write demonstrations (DESIGN.md pipeline stage 1).
+"""`actdistill collect`: scripted Meta-World experts write demonstrations (docs/design.md pipeline stage 1).
 
 Each task's expert runs on seeded random placements; only successful
 episodes are kept, and every placement seed tried is recorded so that

@@ -254,7 +254,7 @@ class TeacherConfig(_Base):
 
 @dataclass
 class ProbeConfig(_Base):
-    """`actdistill probe`: graph semantic extractors + action probes on the frozen teacher (DESIGN.md)."""
+    """`actdistill probe`: graph semantic extractors + action probes on the frozen teacher (docs/design.md)."""
 
     semantic_dim: int = 128  # d_s (512 in the paper; CPU-sized here)
     graph_dim: int = 64
@@ -271,7 +271,7 @@ class ProbeConfig(_Base):
 
 @dataclass
 class DistillConfig(_Base):
-    """`actdistill distill`: routed student trained against the teacher cache (DESIGN.md "Losses")."""
+    """`actdistill distill`: routed student trained against the teacher cache (docs/design.md "Losses")."""
 
     rho: float = 0.5  # target fraction of decoder layers executed
     alpha: float = 1.0  # semantic stream
@@ -281,7 +281,7 @@ class DistillConfig(_Base):
     lambda_bal: float = 1.0
     lambda_bud: float = 20.0
     # "hard": L_bud on the straight-through masks, so the forward value is the fraction of layers actually
-    # executed; "soft": on g as DESIGN.md writes it. With hard gates the soft form is met by gates parked at
+    # executed; "soft": on g (the original statement of the budget). With hard gates the soft form is met by gates parked at
     # tau while the executed fraction stays high (measured: g mean 0.50, executed 0.76).
     budget_on: str = "hard"
     lambda_pol: float = 1.0  # polarization: keeps gates away from tau

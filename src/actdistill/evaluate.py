@@ -1,4 +1,4 @@
-"""`actdistill evaluate`: closed-loop success on MT10 held-out placements (DESIGN.md pipeline stage 6).
+"""`actdistill evaluate`: closed-loop success on MT10 held-out placements (docs/design.md pipeline stage 6).
 
 Any object with `select_action(observation)` / `reset()` can be evaluated.
 Episodes of a task run `batch_envs` at a time in lock-step with one batched
@@ -13,9 +13,8 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,18 +24,6 @@ from actdistill.artifacts import atomic_write_bytes, atomic_write_json
 from actdistill.config import EvalConfig, SimConfig
 from actdistill.constants import OBS_IMAGE, OBS_STATE, RESULTS_FILE, RESULTS_TABLE, TASK
 from actdistill.provenance import provenance
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """A picklable recipe for a policy, so that evaluation workers can build their own copy."""
-
-    path: str
-
-    def build(self):
-        from actdistill.registry import load_policy
-
-        return load_policy(Path(self.path))
 
 
 def wilson_ci(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -53,9 +40,9 @@ def wilson_ci(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(spec: PolicySpec | None, policy: Any, threads: int) -> None:
+def _init_worker(factory: Callable[[], Any] | None, policy: Any, threads: int) -> None:
     torch.set_num_threads(threads)
-    _WORKER["policy"] = policy if policy is not None else spec.build()
+    _WORKER["policy"] = policy if policy is not None else factory()
     _WORKER["envs"] = {}
 
 
@@ -162,7 +149,7 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
         done = [e["success"] for e in episodes]
         bar.set_postfix(success=f"{np.mean(done):.2f}")
 
-    is_spec = isinstance(policy_or_spec, PolicySpec)
+    is_spec = not hasattr(policy_or_spec, "select_action")  # a picklable factory (e.g. registry.PolicySpec)
     if record_logits and cfg.workers > 1:
         raise ValueError("Recording gate logits needs an in-process evaluation (workers=1).")
     if cfg.workers > 1 and is_spec:
@@ -172,7 +159,7 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
             for res in pool.imap_unordered(_job, jobs):
                 _collect(res)
     else:
-        policy = policy_or_spec.build() if is_spec else policy_or_spec
+        policy = policy_or_spec() if is_spec else policy_or_spec
         envs: dict = {}
         try:
             for task, s, sim_, max_steps, keep in jobs:

@@ -1,4 +1,4 @@
-"""`actdistill export`: the deployable routed student (DESIGN.md pipeline stage 5 and "Budget calibration").
+"""`actdistill export`: the deployable routed student (docs/design.md pipeline stage 5 and "Budget calibration").
 
 Every graph extractor and action probe is removed; what remains is the teacher copy and the router.
 The budget loss holds on training frames, but closed-loop rollouts visit other states, so the gates

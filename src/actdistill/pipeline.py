@@ -28,7 +28,9 @@ def _finished(folder: Path, stage: str, config: dict, inputs: dict) -> dict | No
     return None
 
 
-class _Stages:
+class StageRunner:
+    """Runs stages, reusing a finished artifact of the same config and inputs, and keeps a row per stage."""
+
     def __init__(self) -> None:
         self.rows: list[dict] = []
         self.now = provenance()
@@ -52,7 +54,8 @@ class _Stages:
 def evaluate_stage(spec_path: Path, weights_hash: str, eval_cfg: EvalConfig, sim: SimConfig, out_dir: Path, name: str,
                    exclude: dict, progress: bool) -> dict:
     """Evaluate a policy folder and stamp the result with a header keyed by eval config, sim and policy weights."""
-    from actdistill.evaluate import PolicySpec, evaluate
+    from actdistill.evaluate import evaluate
+    from actdistill.registry import PolicySpec
 
     result = evaluate(PolicySpec(str(spec_path)), eval_cfg, sim, out_dir, name=name, exclude_seeds=exclude,
                       progress=progress)
@@ -73,7 +76,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / CONFIG_FILE, cfg.to_dict())
-    st = _Stages()
+    st = StageRunner()
     t_start = time.time()
     eval_key = {"eval": cfg.eval.to_dict(), "sim": cfg.collect.sim.to_dict()}
 

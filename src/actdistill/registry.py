@@ -1,27 +1,41 @@
-"""Load any policy artifact (teacher, exported student, baseline) from its folder, by the stage in its header."""
+"""Load any policy artifact (teacher, exported student, baseline) from its folder, by the stage in its header.
+
+`PolicySpec` is a picklable zero-argument factory for `actdistill.evaluate`: evaluation workers call it to
+build their own copy, and the evaluator itself knows no policy kinds (docs/design.md, "Layering").
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from actdistill.artifacts import ArtifactError, read_json
 from actdistill.constants import HEADER_FILE
+from actdistill.early_exit import load_early_exit
+from actdistill.export import load_student
+from actdistill.teacher import load_teacher
+
+LOADERS = {  # header stage -> loader of that policy kind
+    "train-teacher": lambda folder: load_teacher(folder)[0],
+    "export": load_student,
+    "early-exit": load_early_exit,
+}
 
 
 def load_policy(folder: Path):
     folder = Path(folder)
     header = read_json(folder / HEADER_FILE, "the policy header")
     stage = header.get("stage")
-    if stage == "train-teacher":
-        from actdistill.teacher import load_teacher
+    if stage not in LOADERS:
+        raise ArtifactError(f"{folder} holds a '{stage}' artifact, which is not a policy; point to a teacher or an exported student.")
+    return LOADERS[stage](folder)
 
-        return load_teacher(folder)[0]
-    if stage == "export":
-        from actdistill.export import load_student
 
-        return load_student(folder)
-    if stage == "early-exit":
-        from actdistill.bench.baselines import load_early_exit
+@dataclass(frozen=True)
+class PolicySpec:
+    """A picklable recipe for a policy (its folder), so that evaluation workers can build their own copy."""
 
-        return load_early_exit(folder)
-    raise ArtifactError(f"{folder} holds a '{stage}' artifact, which is not a policy; point to a teacher or an exported student.")
+    path: str
+
+    def __call__(self):
+        return load_policy(Path(self.path))

@@ -1,4 +1,4 @@
-"""`actdistill train-teacher`: the reference VLA trained by behaviour cloning (DESIGN.md pipeline stage 2)."""
+"""`actdistill train-teacher`: the reference VLA trained by behaviour cloning (docs/design.md pipeline stage 2)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ import torch
 from actdistill.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, save_figure, write_header
 from actdistill.config import BenchConfig, RunConfig, TeacherConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
-from actdistill.pipeline import _Stages, evaluate_stage
+from actdistill.pipeline import StageRunner, evaluate_stage
 from actdistill.provenance import check_provenance, provenance
 
 
@@ -73,8 +73,8 @@ def paired_bootstrap(a: dict[str, list[int]], b: dict[str, list[int]], samples: 
 
 
 def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
-    from actdistill.bench.baselines import (EarlyExitPolicy, choose_exit_threshold, layer_input_similarity,
-                                            router_kd_loss, static_prune_student, task_loss)
+    from actdistill.bench.baselines import layer_input_similarity, router_kd_loss, static_prune_student, task_loss
+    from actdistill.early_exit import EarlyExitPolicy, choose_exit_threshold
     from actdistill.data.dataset import FrameDataset
     from actdistill.data.hdf5 import read_demos
     from actdistill.distill.routing import RoutedStudent
@@ -99,7 +99,7 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     seeds_used = demos.attrs.get("placement_seeds")
     data = FrameDataset(demos, teacher.config.chunk_size, tasks)
     probes, cache, _ = load_probe_artifact(probe_dir, teacher, teacher_hash, data.fingerprint)
-    st = _Stages()
+    st = StageRunner()
     eval_key = {"eval": cfg.eval.to_dict(), "sim": sim.to_dict()}
     rows: dict[str, dict] = {}  # one per trained policy (per seed), by name
     policies: dict[str, Path] = {}

@@ -1,1 +1,1 @@
-"""Self-derived routed student and dual-stream distillation (paper Sec. 3.3-3.4; DESIGN.md)."""
+"""Self-derived routed student and dual-stream distillation (paper Sec. 3.3-3.4; docs/design.md)."""

@@ -1,4 +1,4 @@
-"""ActDistill losses as pure functions of tensors (DESIGN.md "Losses").
+"""ActDistill losses as pure functions of tensors (docs/design.md "Losses").
 
 Shapes: B batch, L layers, d_s semantic dim, C chunk length, A = 4 action dims.
 """
@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from actdistill.distill.routing import straight_through
+from actdistill.models.heads import action_loss
 
 
 def layer_weights(num_layers: int, gamma: float = 2.0) -> torch.Tensor:
@@ -35,15 +36,6 @@ def semantic_loss(z_s: torch.Tensor, z_t: torch.Tensor, w: torch.Tensor, eta: fl
     return total
 
 
-def _mse(pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
-    """MSE over valid chunk steps. pred, target: (B, C, A); pad: (B, C) bool."""
-    err = (pred - target).pow(2).mean(-1)  # (B, C)
-    if pad is None:
-        return err.mean()
-    valid = (~pad).float()
-    return (err * valid).sum() / valid.sum().clamp_min(1.0)
-
-
 def action_stream_loss(a_s: torch.Tensor, a_gt: torch.Tensor, a_t: torch.Tensor, w: torch.Tensor,
                        pad: torch.Tensor | None = None) -> torch.Tensor:
     """Triple MSE: L_act = sum_l w_l [ MSE(a_l^S, a_gt) + MSE(a_l^S, a_l^T) + MSE(a_l^S, stopgrad(a_{l-1}^S)) ].
@@ -54,7 +46,8 @@ def action_stream_loss(a_s: torch.Tensor, a_gt: torch.Tensor, a_t: torch.Tensor,
     prev = torch.zeros_like(a_s[:, 0])
     for l in range(a_s.shape[1]):
         cur = a_s[:, l]
-        total = total + w[l] * (_mse(cur, a_gt, pad) + _mse(cur, a_t[:, l], pad) + _mse(cur, prev.detach(), pad))
+        total = total + w[l] * (action_loss(cur, a_gt, pad) + action_loss(cur, a_t[:, l], pad)
+                                + action_loss(cur, prev.detach(), pad))
         prev = cur
     return total
 
@@ -69,7 +62,7 @@ def budget_loss(gates: torch.Tensor, rho: float) -> torch.Tensor:
     """L_bud = (mean over batch and layers of g - rho)^2: the user's compute budget.
 
     Pass the straight-through masks (forward value 0/1, gradient of g) to hold the executed fraction itself
-    to rho, or the soft gates g for DESIGN.md's literal form.
+    to rho, or the soft gates g (budget_on="soft").
     """
     return (gates.mean() - rho).pow(2)
 

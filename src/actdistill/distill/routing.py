@@ -1,4 +1,4 @@
-"""The dynamic router and the self-derived routed student (DESIGN.md "Student and router").
+"""The dynamic router and the self-derived routed student (docs/design.md "Student and router").
 
 Layer update (train = deploy, a deliberate improvement on the paper's public code):
     h_l = h_{l-1} + m_l * (f_l(h_{l-1}) - h_{l-1}),   m_l = 1[g_l >= tau] forward, dg_l backward.

@@ -1,4 +1,4 @@
-"""`actdistill distill`: train the routed student against the teacher cache (DESIGN.md "Losses").
+"""`actdistill distill`: train the routed student against the teacher cache (docs/design.md "Losses").
 
 L = L_task + alpha L_sem + beta L_act + lambda_bal L_bal + lambda_bud L_bud + lambda_pol L_pol, with the
 teacher's per-layer targets read from the fingerprinted cache by sample id. L_bud holds the executed

@@ -1,4 +1,4 @@
-"""Drive a transformers decoder layer by layer from outside (DESIGN.md "The model contract").
+"""Drive a transformers decoder layer by layer from outside (docs/design.md "The model contract").
 
 The backbone is a stock `transformers` model (by default `LlamaModel` built from a
 small `LlamaConfig`; any transformers decoder can be wrapped); we never fork its modeling code. We call its rotary

@@ -1,1 +1,1 @@
-"""Graph-structured encapsulation of the teacher (paper Sec. 3.2; DESIGN.md "Teacher probing")."""
+"""Graph-structured encapsulation of the teacher (paper Sec. 3.2; docs/design.md "Teacher probing")."""

@@ -1,4 +1,4 @@
-"""Graph semantic extractor E_l and action probe P_l (DESIGN.md "Graph-structured encapsulation").
+"""Graph semantic extractor E_l and action probe P_l (docs/design.md "Graph-structured encapsulation").
 
 For the hidden states H (B, N, D) after decoder layer l:
   1. affinity s_ij = phi(h_i) . psi(h_j) (bias-free linear maps); each node keeps its k highest-scoring

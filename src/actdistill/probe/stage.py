@@ -1,4 +1,4 @@
-"""`actdistill probe`: train E_l, P_l on the frozen teacher, then write the teacher cache (DESIGN.md "Teacher probing").
+"""`actdistill probe`: train E_l, P_l on the frozen teacher, then write the teacher cache (docs/design.md "Teacher probing").
 
 L_prep = mean_l MSE(P_l(E_l(h_l)), a_gt). After training, one deterministic pass over every
 training frame (no augmentation) writes z_l^T and a_l^T, keyed by sample id. The per-layer probe
@@ -20,7 +20,7 @@ from actdistill.config import ProbeConfig
 from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
-from actdistill.distill.losses import _mse
+from actdistill.models.heads import action_loss
 from actdistill.probe.graph import LayerProbes
 from actdistill.teacher import load_teacher
 from actdistill.training import distributed_summary, main_process_writes, train_loop
@@ -41,7 +41,7 @@ def teacher_hidden(teacher, batch: dict) -> list[torch.Tensor]:
 
 def prep_loss(probe_actions: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """L_prep = mean_l MSE(a_l, a_gt); also returns the per-layer errors (L,)."""
-    per_layer = torch.stack([_mse(probe_actions[:, l], batch[ACTION], batch.get(ACTION_PAD))
+    per_layer = torch.stack([action_loss(probe_actions[:, l], batch[ACTION], batch.get(ACTION_PAD))
                              for l in range(probe_actions.shape[1])])
     return per_layer.mean(), per_layer
 
