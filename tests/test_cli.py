@@ -146,3 +146,32 @@ def test_tiny_bench_with_two_training_seeds(tiny_run):
         h0 = json.loads((b / "header.json").read_text())
         assert h1["weights_hash"] != h0["weights_hash"]  # another seed, other weights
     assert "seed" in (bench_dir / "mt10.md").read_text().splitlines()[0]
+
+
+def test_tiny_ablation_on_validation_placements(tiny_run):
+    """Each variant is distilled (or trained, router-KD), exported and evaluated on validation placements only, and
+    paired with the full method; quantile gating and the stream normalisations run end to end."""
+    tmp_path, _ = tiny_run
+    proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "ablate", "--run", str(tmp_path / "run"), "--rho", "0.5",
+                           "--episodes", "2", "--variants", "full", "no-semantic", "router-kd", "quantile", "norm-initial",
+                           "--set", "eval.max_steps=8", "--set", "eval.workers=1", "--set", "bootstrap_samples=50",
+                           "--no-progress"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "run" / "ablation-rho0.5" / "ablation.json").read_text())
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert list(rows) == ["full", "no-semantic", "router-kd", "quantile", "norm-initial"]
+    assert res["split"] == "val" and "provenance" in res
+    for name, r in rows.items():
+        assert all(s >= 200_000_000 for s in r["placement_seeds"])  # validation placements, not test ones
+        assert ("delta_vs_full" in r) == (name != "full")
+    assert rows["router-kd"]["kind"] == "router-kd" and rows["quantile"]["overrides"]["distill.gating"] == "quantile"
+    # quantile gating: one calibration round that measures and never shifts
+    q = json.loads((tmp_path / "run" / "ablation-rho0.5" / "quantile" / "student" / "header.json").read_text())["summary"]
+    assert [c["phase"] for c in q["calibration"]].count("calibrate") == 1
+    d = json.loads((tmp_path / "run" / "ablation-rho0.5" / "norm-initial" / "distill" / "header.json").read_text())["summary"]
+    assert len(d["initial_streams"]) == 2 and d["initial_streams"][1] > 0  # the streams' size with a random rho of layers
+    assert "delta vs full" in (tmp_path / "run" / "ablation-rho0.5" / "ablation.md").read_text()
+    # a test-split evaluation is refused before any work
+    bad = subprocess.run([sys.executable, "-m", "actdistill.cli", "ablate", "--run", str(tmp_path / "run"),
+                          "--set", "eval.split=test"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "validation placements" in bad.stderr

@@ -71,3 +71,18 @@ def test_polarization_is_zero_at_saturated_gates_and_largest_at_one_half():
     assert polarization_loss(torch.tensor([[0.0, 1.0]])).item() == 0.0
     assert polarization_loss(torch.tensor([[0.5, 0.5]])).item() == pytest.approx(0.25)
     assert polarization_loss(torch.tensor([[0.2, 0.9]])).item() == pytest.approx((0.16 + 0.09) / 2)
+
+
+def test_stream_normalisations_equal_their_formulas():
+    from actdistill.distill.losses import normalise_streams
+
+    sem, act = torch.tensor(6.0), torch.tensor(45.0)
+    assert normalise_streams(sem, act, "none", 5) == (sem, act)
+    s, a = normalise_streams(sem, act, "terms", 5)  # L_sem: 2 summands per layer, L_act: 3
+    assert s.item() == pytest.approx(6.0 / 10) and a.item() == pytest.approx(45.0 / 15)
+    s, a = normalise_streams(sem, act, "initial", 5, initial=torch.tensor([3.0, 90.0]))
+    assert s.item() == pytest.approx(2.0) and a.item() == pytest.approx(0.5)
+    s, a = normalise_streams(sem, act, "initial", 5, initial=torch.tensor([1e-7, 90.0]))  # a stream that starts at ~0
+    assert s.item() == pytest.approx(6.0) and a.item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="needs the streams' values"):
+        normalise_streams(sem, act, "initial", 5)

@@ -107,3 +107,87 @@ def test_calibration_shift_hits_the_target_fraction():
     shift = student.calibrate_shift(logits, 0.3)
     frac = ((logits + shift) >= 0).float().mean().item()
     assert frac == pytest.approx(0.3, abs=0.002)
+
+
+# -- quantile gating and hybrid depth (train at the budget you deploy) --------------------------------------------
+
+def test_quantile_gate_passes_exactly_its_share_of_a_batch():
+    from actdistill.distill.routing import quantile_gate
+
+    logits = torch.randn(7, 6, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    for keep in (0.0, 0.2, 0.3, 0.5, 0.77, 1.0):
+        hard, thr, g = quantile_gate(logits, keep)
+        assert int(hard.sum()) == round(keep * 42)
+        assert torch.equal(hard.bool(), logits.detach() >= thr) or keep in (0.0, 1.0)  # the threshold separates them
+    hard, thr, g = quantile_gate(logits, 0.3)
+    assert len(set(hard.sum(1).tolist())) > 1  # rows differ in how many layers they run
+    (hard + g - g.detach()).sum().backward()  # straight-through: the gradient of the surrogate sigmoid
+    torch.testing.assert_close(logits.grad, (g * (1 - g)).detach())
+
+
+def test_running_threshold_converges_and_train_and_deploy_masks_agree():
+    student, _, cfg = _student(gating="quantile", rho=0.5, momentum=0.2)
+    student.train()
+    batch = _batch(cfg, 16)
+    with torch.no_grad():
+        h0 = student.vla.embed(batch)
+        for _ in range(60):  # a stationary stream: the same batch again and again
+            g, m = student.training_gates(h0)
+    assert int(m.sum()) == round(0.5 * 16 * 6)
+    _, thr, _ = __import__("actdistill.distill.routing", fromlist=["quantile_gate"]).quantile_gate(
+        student.router.logits(h0).detach(), 0.5)
+    assert abs(float(student.running_threshold) - float(thr)) < 1e-5
+    train_mask = m.bool()
+    student.finish_training().eval()  # the running threshold becomes the deployed one
+    assert not hasattr(student, "running_threshold")
+    assert torch.equal(student.layer_mask(h0), train_mask)
+
+
+def test_eval_mode_does_not_move_the_running_threshold():
+    student, _, cfg = _student(gating="quantile", rho=0.5)
+    h0 = student.vla.embed(_batch(cfg, 4))
+    student.eval()
+    student.training_gates(h0)
+    assert int(student.threshold_updates) == 0
+
+
+def test_always_run_layers_execute_for_every_row_and_are_not_routed():
+    from actdistill.distill.losses import routed_gate_losses
+
+    student, _, cfg = _student(gating="quantile", rho=0.5, always_run=(0, 3))
+    assert student.routed_layers == (1, 2, 4, 5) and student.routed_keep == pytest.approx((0.5 * 6 - 2) / 4)
+    student.train()
+    batch = _batch(cfg, 8)
+    out = student.forward_train(batch)
+    m = out["masks"].detach()
+    assert m[:, [0, 3]].eq(1).all()  # always executed
+    assert int(m[:, [1, 2, 4, 5]].sum()) == round(0.25 * 8 * 4)  # only the routed layers share the budget
+    assert m.mean().item() == pytest.approx(0.5)  # all layers together run at rho
+    gl = routed_gate_losses(out["gates"], out["routed"], student.tau, 0.5, "hard", "quantile")
+    assert gl["bud"].item() == 0.0  # met exactly by construction
+    # deployed: the always-run layers run on every row (hook counts), the routed ones as trained
+    student.finish_training().eval()
+    calls = [0] * cfg.num_layers
+    for i, layer in enumerate(student.vla.backbone.layers):
+        layer.register_forward_pre_hook(lambda mod, a, i=i: calls.__setitem__(i, calls[i] + a[0].shape[0]))
+    with torch.no_grad():
+        student.predict(batch)
+    assert calls[0] == calls[3] == 8
+
+
+def test_threshold_gating_with_always_run_counts_them_in_the_budget():
+    from actdistill.distill.losses import routed_gate_losses
+
+    g = torch.tensor([[1.0, 0.9, 0.1, 1.0], [1.0, 0.2, 0.2, 1.0]])  # layers 0 and 3 always run
+    gl = routed_gate_losses(g, [1, 2], tau=0.5, rho=0.5, budget_on="hard", gating="threshold")
+    # executed: row 0 runs 3 of 4, row 1 runs 2 of 4 -> 0.625; (0.625 - 0.5)^2
+    assert gl["bud"].item() == pytest.approx(0.125 ** 2)
+    assert gl["pol"].item() == pytest.approx(float((g[:, 1:3] * (1 - g[:, 1:3])).mean()))
+
+
+def test_default_gating_is_the_plain_threshold_gate():
+    student, _, cfg = _student()
+    h0 = student.vla.embed(_batch(cfg, 4))
+    g, m = student.training_gates(h0)
+    torch.testing.assert_close(g, student.router(h0))
+    assert torch.equal(m, straight_through(g, student.tau))  # the same op as before quantile gating existed

@@ -82,3 +82,11 @@ def test_seeded_collection_is_bit_reproducible(tmp_path):
     da, db = read_demos(tmp_path / "a" / "demos.hdf5"), read_demos(tmp_path / "b" / "demos.hdf5")
     assert [_episode_bytes(d) for d in da.demos] == [_episode_bytes(d) for d in db.demos]
     assert a["content_hash"] == b["content_hash"] == da.content_hash == db.content_hash
+
+
+def test_demo_test_and_validation_placements_are_disjoint():
+    ranges = [set(placement_seeds("demo", s, 100_000)) for s in (0, 50)]  # eval.seed may go up to 999
+    ranges += [set(placement_seeds(k, s, 100_000)) for k in ("eval", "val") for s in (0, 999)]
+    for i, a in enumerate(ranges):
+        for b in ranges[i + 1:]:
+            assert not a & b

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from actdistill.artifacts import ArtifactError
-from actdistill.config import (BenchConfig, CollectConfig, ConfigError, DistillConfig, EvalConfig, ExportConfig, ProbeConfig,
+from actdistill.config import (AblationConfig, BenchConfig, CollectConfig, ConfigError, DistillConfig, EvalConfig, ExportConfig, ProbeConfig,
                                RunConfig, SimConfig, TeacherConfig, apply_overrides)
 from actdistill.models.policy import ObservationError
 from actdistill.training import TrainingDiverged
@@ -173,6 +173,16 @@ def cmd_bench(args) -> None:
     print(f"results: {Path(args.run) / 'bench' / 'mt10.json'} (+ mt10.md, pareto.png)")
 
 
+def cmd_ablate(args) -> None:
+    from actdistill.bench.ablation import ablation_table, run_ablation
+
+    cfg = _build_config(AblationConfig, args, {"rho": "rho", "episodes": "eval.episodes_per_task", "variants": "variants"})
+    r = run_ablation(Path(args.run), cfg, progress=not args.no_progress)
+    print_table(r["stages"], ["stage", "status", "seconds", "note"], "ablation stages")
+    print("\n" + ablation_table(r["rows"], cfg))
+    print(f"results: {Path(args.run) / f'ablation-rho{cfg.rho}' / 'ablation.json'} (+ ablation.md)")
+
+
 def cmd_run(args) -> None:
     from actdistill.pipeline import run_pipeline
 
@@ -309,6 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "a tenth of the scratch compute (pair it with `run --quick`).")
     _common(bn)
     bn.set_defaults(func=cmd_bench)
+
+    ab = sub.add_parser("ablate", help="variants of the distillation at one budget, on validation placements.",
+                        description="Distil, export and evaluate each variant (full, no semantic stream, no action stream, "
+                        "router-KD, stream normalisations, quantile gating, hybrid depth, settled) on a finished `actdistill "
+                        "run` folder; every row is evaluated on validation placements and paired with the full method.")
+    ab.add_argument("--run", required=True, help="folder of a finished `actdistill run` (runs/default).")
+    ab.add_argument("--rho", type=float, help="the budget (default 0.3).")
+    ab.add_argument("--episodes", type=int, help="validation episodes per task (default 30).")
+    ab.add_argument("--variants", nargs="+", help="which variants (default: all; 'full' is always needed).")
+    _common(ab)
+    ab.set_defaults(func=cmd_ablate)
 
     r = sub.add_parser("run", help="the whole pipeline on the built-in MT10 setting, with a summary.",
                        description="collect -> train-teacher -> evaluate -> probe -> distill -> export -> evaluate student; "

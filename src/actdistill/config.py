@@ -292,6 +292,14 @@ class DistillConfig(_Base):
     soft_warmup_steps: int = 0  # soft gates rescale every layer (a different network from the teacher): off by default
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=750, batch_size=64, lr=2e-4, warmup_steps=50,
                                                                    shift_augment=0, checkpoint_every=200))
+    # "threshold": m = 1[g >= tau], budget by L_bud and post-hoc calibration; "quantile": exactly rho of a batch's
+    # gates pass, and the running estimate of that threshold is the deployed one (no calibration needed)
+    gating: str = "threshold"
+    threshold_momentum: float = 0.1  # quantile gating: update rate of the running threshold
+    always_run: int = 0  # hybrid depth: this many layers run for every input (those that change their input most)
+    stream_norm: str = "none"  # "none", "terms" (mean instead of sum), "initial" (each stream / its value at start)
+
+    _LATER_FIELDS = ("gating", "threshold_momentum", "always_run", "stream_norm")
 
     def __post_init__(self) -> None:
         _check(0.0 < self.rho <= 1.0, f"DistillConfig.rho must be in (0, 1], got {self.rho}.")
@@ -301,6 +309,11 @@ class DistillConfig(_Base):
             _check(getattr(self, n) >= 0, f"DistillConfig.{n} must be >= 0.")
         _positive(self, "router_dim", "router_lr_scale")
         _check(self.soft_warmup_steps >= 0, "DistillConfig.soft_warmup_steps must be >= 0.")
+        _check(self.gating in ("threshold", "quantile"), f"DistillConfig.gating must be 'threshold' or 'quantile', got {self.gating!r}.")
+        _check(0.0 < self.threshold_momentum <= 1.0, "DistillConfig.threshold_momentum must be in (0, 1].")
+        _check(self.always_run >= 0, "DistillConfig.always_run must be >= 0.")
+        _check(self.stream_norm in ("none", "terms", "initial"),
+               f"DistillConfig.stream_norm must be 'none', 'terms' or 'initial', got {self.stream_norm!r}.")
 
 
 @dataclass
@@ -337,10 +350,16 @@ class EvalConfig(_Base):
     workers: int = 2
     gifs_per_task: int = 0
     batch_envs: int = 10  # environments stepped in lock-step, one batched policy call per step
+    # "test": the held-out placements every reported number uses; "val": a disjoint range for every choice made
+    # from rollouts (ablations, hyperparameters, thresholds), so that test numbers are never tuned on
+    split: str = "test"
+
+    _LATER_FIELDS = ("split",)
 
     def __post_init__(self) -> None:
         _positive(self, "episodes_per_task", "max_steps", "workers", "batch_envs")
         _check(self.gifs_per_task >= 0, "EvalConfig.gifs_per_task must be >= 0.")
+        _check(self.split in ("test", "val"), f"EvalConfig.split must be 'test' or 'val', got {self.split!r}.")
         _check(0 <= self.seed < 1000, f"EvalConfig.seed must be in [0, 1000), got {self.seed}.")
 
 
@@ -372,6 +391,25 @@ class BenchConfig(_Base):
         """A smoke run of every row at one budget: few episodes, short timings, a tenth of the scratch compute."""
         return cls(actdistill_budgets=(0.5,), baseline_budgets=(0.5,), eval=EvalConfig(episodes_per_task=3, max_steps=200),
                    scratch_compute_scale=0.1, latency_repeats=10, latency_frames=8, bootstrap_samples=500)
+
+
+@dataclass
+class AblationConfig(_Base):
+    """`actdistill ablate`: variants of the distillation at one budget, each evaluated on validation placements."""
+
+    rho: float = 0.3
+    variants: tuple[str, ...] = ("full", "no-semantic", "no-action", "router-kd", "norm-terms", "norm-initial",
+                                 "quantile", "hybrid", "full+settle", "router-kd+settle")
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes_per_task=30, split="val"))
+    bootstrap_samples: int = 2000
+
+    def __post_init__(self) -> None:
+        self.variants = tuple(self.variants)
+        _check(0.0 < self.rho <= 1.0, f"AblationConfig.rho must be in (0, 1], got {self.rho}.")
+        _check(len(self.variants) > 0, "AblationConfig.variants must name at least one variant.")
+        _check(self.eval.split == "val", "AblationConfig.eval.split must be 'val': choices are made on validation "
+                                         "placements, never on the test placements the reported numbers use.")
+        _positive(self, "bootstrap_samples")
 
 
 @dataclass

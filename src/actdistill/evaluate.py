@@ -129,7 +129,7 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
     from actdistill.sim.metaworld_env import placement_seeds
 
     t0 = time.time()
-    held_out = placement_seeds("eval", cfg.seed, cfg.episodes_per_task)
+    held_out = placement_seeds("eval" if cfg.split == "test" else "val", cfg.seed, cfg.episodes_per_task)
     seeds = {t: list((seeds_per_task or {}).get(t, held_out))[: cfg.episodes_per_task] for t in sim.tasks}
     for task, used in (exclude_seeds or {}).items():
         overlap = set(used) & set(seeds.get(task, []))

@@ -152,8 +152,11 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
         from actdistill.distill.stage import distill_loss
 
         dcfg = DistillConfig.from_dict(dist_cfg["distill"])
+        initial = dheader.get("summary", {}).get("initial_streams")  # stream_norm="initial": the distillation's scales
+        initial = torch.tensor(initial) if initial is not None else None
         history, extra = calibrate_and_settle(student, rho, cfg, sim, training_placements(dataset_path),
-                                              lambda m, b, s: distill_loss(m, b, cache, dcfg, soft=False), data, dcfg.train,
+                                              lambda m, b, s: distill_loss(m, b, cache, dcfg, soft=False, initial=initial),
+                                              data, dcfg.train,
                                               out_dir, {"student": dheader["weights_hash"]}, progress)
     student.strip_probes()
     summary = save_student(student, out_dir, dist_cfg["model"], dist_cfg["distill"]["router_dim"], rho, dist_cfg["tasks"],

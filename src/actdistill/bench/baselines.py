@@ -12,31 +12,20 @@ FLOP counter and latency meter measure all of them.
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import torch
-import torch.nn.functional as F
 
 from actdistill.constants import ACTION, ACTION_PAD
-from actdistill.config import DistillConfig
-from actdistill.distill.losses import gate_losses
+from actdistill.config import DistillConfig, ExportConfig, SimConfig
+from actdistill.distill.losses import routed_gate_losses
+from actdistill.distill.similarity import layer_input_similarity  # noqa: F401 - part of this module's API
 from actdistill.distill.routing import RoutedStudent
+from actdistill.distill.stage import hybrid_layers, routing_options
+from actdistill.export import calibrate_and_settle, save_student
 from actdistill.models.vla import ReferenceVLA, action_loss
-from actdistill.training import unwrap
-
-
-@torch.no_grad()
-def layer_input_similarity(teacher: ReferenceVLA, data, count: int = 1024, batch_size: int = 128) -> torch.Tensor:
-    """(L,) mean cosine similarity between each decoder layer's input and output tokens over training frames."""
-    idx = torch.linspace(0, len(data) - 1, min(count, len(data))).long()
-    sims = torch.zeros(teacher.num_layers)
-    bb = teacher.backbone
-    for chunk in idx.split(batch_size):
-        h = teacher.embed(data.batch(chunk))
-        ctx = bb.context(h)
-        for l in range(teacher.num_layers):
-            out = bb.layer(l, h, ctx)
-            sims[l] += F.cosine_similarity(out, h, dim=-1).mean(1).sum()
-            h = out
-    return sims / len(idx)
+from actdistill.training import train_loop, unwrap
 
 
 def static_prune_student(teacher: ReferenceVLA, keep: int, similarity: torch.Tensor) -> RoutedStudent:
@@ -72,8 +61,34 @@ def router_kd_loss(model: RoutedStudent, teacher: ReferenceVLA, batch: dict, cfg
     l_task = action_loss(out["action"], batch[ACTION], pad)
     l_kd = action_loss(out["action"], target, pad)
     g = out["gates"]
-    gl = gate_losses(g, student.tau, cfg.rho, cfg.budget_on)
+    gl = routed_gate_losses(g, out["routed"], student.tau, cfg.rho, cfg.budget_on, student.gating)
     loss = (l_task + cfg.beta * l_kd + cfg.lambda_bal * gl["bal"] + cfg.lambda_bud * gl["bud"]
             + cfg.lambda_pol * gl["pol"])
     return loss, {"loss": loss.item(), "task": l_task.item(), "kd": l_kd.item(),
-                  "keep": (g >= student.tau).float().mean().item()}
+                  "keep": (out["masks"].detach() >= 0.5).float().mean().item()}
+
+
+def train_router_kd(teacher: ReferenceVLA, teacher_hash: str, data, dcfg: DistillConfig, export_cfg: ExportConfig,
+                    sim: SimConfig, seeds: dict[str, list[int]], folder: Path, key: dict, progress: bool = True) -> dict:
+    """The router-KD baseline, trained, calibrated (and settled) like the ActDistill student, saved as a routed student.
+
+    Same router, gating, always-run layers and budget as ActDistill; the loss is the task loss plus distillation
+    from the teacher's final action only."""
+    t0 = time.time()
+    always = hybrid_layers(teacher, data, dcfg.always_run)
+    torch.manual_seed(dcfg.train.seed)
+    student = RoutedStudent.from_teacher(teacher, None, router_dim=dcfg.router_dim, tau=dcfg.tau,
+                                         init_bias=dcfg.router_init_bias, **routing_options(dcfg, always))
+    rest = [p for n, p in student.named_parameters() if not n.startswith("router.")]
+    train_loop(model=student, dataset=data, cfg=dcfg.train, out_dir=folder, stage="router-kd",
+               loss_fn=lambda m, b, s: router_kd_loss(m, teacher, b, dcfg),
+               params=rest, extra_groups=[(list(student.router.parameters()), dcfg.router_lr_scale)],
+               identity={"key": key, "teacher": teacher_hash}, progress=progress)
+    student.finish_training().eval()
+    # the same calibration and settling as the ActDistill student, with this baseline's own loss
+    history, extra = calibrate_and_settle(
+        student, dcfg.rho, export_cfg, sim, seeds, lambda m, b, s: router_kd_loss(m, teacher, b, dcfg), data,
+        dcfg.train, folder, {"key": key, "teacher": teacher_hash}, progress) if export_cfg.calibrate else ([], {})
+    return {**save_student(student, folder, teacher.config.to_dict(), dcfg.router_dim, dcfg.rho, list(data.task_names), key,
+                           {"teacher": teacher_hash}, {"calibration": history, **extra}),
+            "seconds": round(time.time() - t0, 1)}

@@ -73,7 +73,7 @@ def paired_bootstrap(a: dict[str, list[int]], b: dict[str, list[int]], samples: 
 
 
 def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
-    from actdistill.bench.baselines import layer_input_similarity, router_kd_loss, static_prune_student, task_loss
+    from actdistill.bench.baselines import layer_input_similarity, static_prune_student, task_loss, train_router_kd
     from actdistill.early_exit import EarlyExitPolicy, choose_exit_threshold
     from actdistill.data.dataset import FrameDataset
     from actdistill.data.hdf5 import read_demos
@@ -81,7 +81,7 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     from actdistill.bench.flops import train_step_flops
     from actdistill.distill.stage import distill_loss, run_distill
     from actdistill.models.vla import ReferenceVLA
-    from actdistill.export import calibrate_and_settle, export_inputs, run_export, save_student, training_placements
+    from actdistill.export import export_inputs, run_export, save_student, training_placements
     from actdistill.probe.stage import load_probe_artifact
     from actdistill.teacher import load_teacher, train_teacher
     from actdistill.training import train_loop
@@ -198,23 +198,7 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
         key = {"distill": dcfg.to_dict(), "export": rc.export.to_dict()}
 
         def kd_fn(folder=folder, dcfg=dcfg, key=key) -> dict:
-            t0 = time.time()
-            torch.manual_seed(dcfg.train.seed)
-            student = RoutedStudent.from_teacher(teacher, None, router_dim=dcfg.router_dim, tau=dcfg.tau,
-                                                 init_bias=dcfg.router_init_bias)
-            rest = [p for n, p in student.named_parameters() if not n.startswith("router.")]
-            train_loop(model=student, dataset=data, cfg=dcfg.train, out_dir=folder, stage="router-kd",
-                       loss_fn=lambda m, b, s: router_kd_loss(m, teacher, b, dcfg),
-                       params=rest, extra_groups=[(list(student.router.parameters()), dcfg.router_lr_scale)],
-                       identity={"key": key, "teacher": teacher_hash}, progress=progress)
-            student.eval()
-            # the same calibration and settling as the ActDistill student, with this baseline's own loss
-            history, extra = calibrate_and_settle(
-                student, dcfg.rho, rc.export, sim, seeds, lambda m, b, s: router_kd_loss(m, teacher, b, dcfg), data,
-                dcfg.train, folder, {"key": key, "teacher": teacher_hash}, progress) if rc.export.calibrate else ([], {})
-            return {**save_student(student, folder, teacher.config.to_dict(), dcfg.router_dim, dcfg.rho, list(tasks), key,
-                                   {"teacher": teacher_hash}, {"calibration": history, **extra}),
-                    "seconds": round(time.time() - t0, 1)}
+            return train_router_kd(teacher, teacher_hash, data, dcfg, rc.export, sim, seeds, folder, key, progress)
 
         st.run(f"router-kd rho={rho}{tag}", "export", folder, key, {"teacher": teacher_hash}, kd_fn,
                lambda s: f"shift {s['gate_shift']:+.2f}", lambda s: s["weights"])

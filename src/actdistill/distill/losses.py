@@ -77,3 +77,46 @@ def gate_losses(gates: torch.Tensor, tau: float, rho: float, budget_on: str) -> 
     """Balance, budget and polarization terms of the router. gates: soft g (B, L)."""
     executed = straight_through(gates, tau) if budget_on == "hard" else gates
     return {"bal": balance_loss(gates), "bud": budget_loss(executed, rho), "pol": polarization_loss(gates)}
+
+
+def routed_gate_losses(gates: torch.Tensor, routed: list[int], tau: float, rho: float, budget_on: str,
+                       gating: str) -> dict[str, torch.Tensor]:
+    """`gate_losses` over the routed layers only (always-run layers take no part in balance or polarization).
+
+    The budget holds the fraction of all layers executed (always-run ones count as executed); under quantile
+    gating it is met exactly by construction and its term is zero. gates: (B, L)."""
+    n_layers = gates.shape[1]
+    if gating == "threshold" and len(routed) == n_layers:
+        return gate_losses(gates, tau, rho, budget_on)
+    g = gates[:, routed]
+    if gating == "quantile":
+        bud = g.new_zeros(())
+    else:
+        executed = straight_through(g, tau) if budget_on == "hard" else g
+        bud = budget_loss((executed.sum(1, keepdim=True) + n_layers - len(routed)) / n_layers, rho)
+    return {"bal": balance_loss(g), "bud": bud, "pol": polarization_loss(g)}
+
+
+STREAM_NORMS = ("none", "terms", "initial")
+INITIAL_FLOOR = 1e-4  # "initial": a stream smaller than this at the start is not rescaled
+
+
+def normalise_streams(l_sem: torch.Tensor, l_act: torch.Tensor, how: str, n_layers: int,
+                      initial: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put the two distillation streams on a common scale.
+
+    "none": as they are. "terms": each divided by its number of summands (L_sem: 2 per layer, cosine and
+    relational; L_act: 3 per layer), i.e. a mean instead of a sum. "initial": each divided by its value for
+    the student before training (`initial` = (L_sem0, L_act0)), so each starts at 1 and neither dominates
+    the other by its units (the action stream was measured at about 75x the task loss); a stream that starts
+    below INITIAL_FLOOR is left as it is rather than blown up."""
+    if how == "none":
+        return l_sem, l_act
+    if how == "terms":
+        return l_sem / (2 * n_layers), l_act / (3 * n_layers)
+    if how == "initial":
+        if initial is None:
+            raise ValueError("Stream normalisation 'initial' needs the streams' values before training.")
+        scale = torch.where(initial > INITIAL_FLOOR, initial, torch.ones_like(initial))
+        return l_sem / scale[0], l_act / scale[1]
+    raise ValueError(f"Unknown stream normalisation {how!r}; choose from {', '.join(STREAM_NORMS)}.")

@@ -4,6 +4,12 @@ Layer update (train = deploy, a deliberate improvement on the paper's public cod
     h_l = h_{l-1} + m_l * (f_l(h_{l-1}) - h_{l-1}),   m_l = 1[g_l >= tau] forward, dg_l backward.
 At inference a layer with m_l = 0 is not computed at all; in a batch each layer runs only on the
 rows that selected it (gather, run, scatter back), so rows stay independent.
+
+Two training gates (docs/design.md "Budget calibration"): "threshold" (m = 1[g >= tau], the budget held by a
+loss and calibrated after training) and "quantile" (exactly round(rho_routed * B * L_routed) gates of a batch
+pass, those with the highest logits; a running estimate of that logit threshold, kept like BatchNorm's running
+statistics, is the deployed threshold, so training and deployment agree by construction). Layers named in
+`always_run` (hybrid depth) execute for every input and take no part in routing.
 """
 
 from __future__ import annotations
@@ -25,6 +31,30 @@ def straight_through(g: torch.Tensor, tau: float) -> torch.Tensor:
     """Hard 0/1 gate in the forward pass, the gradient of g in the backward pass."""
     hard = (g >= tau).to(g.dtype)
     return hard + g - g.detach()
+
+
+def quantile_gate(logits: torch.Tensor, keep: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The `round(keep * logits.numel())` highest logits of a batch pass.
+
+    logits: (B, L_routed). Returns (hard mask (B, L_routed) with exactly that many ones, the batch threshold
+    (midway between the last passing and the first failing logit), the surrogate g = sigmoid(logit - threshold)
+    whose gradient the straight-through mask carries).
+    """
+    flat = logits.detach().flatten()
+    n = flat.numel()
+    k = int(round(keep * n))
+    order = torch.argsort(flat, descending=True, stable=True)
+    hard = torch.zeros(n, dtype=logits.dtype, device=logits.device)
+    hard[order[:k]] = 1.0
+    ranked = flat[order]
+    if k == 0:
+        thr = ranked[0] + 1.0
+    elif k == n:
+        thr = ranked[-1] - 1.0
+    else:
+        thr = (ranked[k - 1] + ranked[k]) / 2
+    g = torch.sigmoid(logits - thr)
+    return hard.view_as(logits), thr, g
 
 
 class Router(nn.Module):
@@ -66,9 +96,15 @@ class RoutedStudent(PolicyMixin, nn.Module):
     """Teacher copy (weights included) + router; + the layer probes while training (removed by export)."""
 
     def __init__(self, model: ModelConfig | nn.Module, router_dim: int = 64, tau: float = 0.5, init_bias: float = 2.0,
-                 probes: LayerProbes | None = None):
+                 probes: LayerProbes | None = None, gating: str = "threshold", rho: float | None = None,
+                 always_run: tuple[int, ...] = (), momentum: float = 0.1):
         """`model`: the reference VLA's config (a fresh ReferenceVLA is built) or any VLA module that meets the
-        model contract (models/contract.py), which the student then owns."""
+        model contract (models/contract.py), which the student then owns.
+
+        Training options (folded into `router.gate_bias` by `finish_training`, so a deployed student is the
+        same plain module whatever it was trained with): `gating` "threshold" or "quantile" (which needs the
+        budget `rho`, the fraction of all layers executed, and the running threshold's `momentum`), and
+        `always_run`, layers executed for every input."""
         super().__init__()
         if isinstance(model, ModelConfig):
             model = ReferenceVLA(model)
@@ -79,6 +115,23 @@ class RoutedStudent(PolicyMixin, nn.Module):
         self.tau = tau
         self.image_size = model.image_size
         self.n_action_steps = model.n_action_steps
+        L = model.num_layers
+        bad = [l for l in always_run if not 0 <= l < L]
+        if bad or len(set(always_run)) != len(always_run):
+            raise ValueError(f"always_run must name distinct layers in [0, {L}), got {list(always_run)}.")
+        if gating not in ("threshold", "quantile"):
+            raise ValueError(f"gating must be 'threshold' or 'quantile', got {gating!r}.")
+        self.gating = gating
+        self.always_run = tuple(sorted(always_run))
+        self.routed_layers = tuple(l for l in range(L) if l not in self.always_run)
+        if gating == "quantile":
+            if rho is None:
+                raise ValueError("Quantile gating needs the budget rho.")
+            # the share of the routed layers that must run so that all layers run at the fraction rho
+            self.routed_keep = min(1.0, max(0.0, (rho * L - len(self.always_run)) / max(len(self.routed_layers), 1)))
+            self.momentum = momentum
+            self.register_buffer("running_threshold", torch.zeros(()))
+            self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
         self.reset()
 
     @classmethod
@@ -98,20 +151,63 @@ class RoutedStudent(PolicyMixin, nn.Module):
         self.probes = None
         return self
 
-    def forward_train(self, batch: dict, soft: bool = False) -> dict:
-        """Dense pass with gated residuals (every layer computed, gated to an exact skip when m_l = 0)."""
+    def training_gates(self, h0: torch.Tensor, soft: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g, m): the gates (B, L) the gate losses read and the masks (B, L) the layers are multiplied by.
+
+        Always-run layers get g = m = 1. Quantile gating passes exactly its share of the routed gates of this
+        batch and, in training mode, moves the running threshold towards this batch's threshold."""
+        logits = self.router.logits(h0)  # (B, L)
+        if self.gating == "threshold" and not self.always_run:  # the plain gate of every layer
+            g = torch.sigmoid(logits)
+            return g, (g if soft else straight_through(g, self.tau))
+        routed = list(self.routed_layers)
+        g = torch.ones_like(logits)
+        if self.gating == "quantile":
+            hard, thr, g_r = quantile_gate(logits[:, routed], self.routed_keep)
+            if self.training:
+                with torch.no_grad():
+                    first = self.threshold_updates == 0
+                    mom = torch.where(first, torch.ones_like(thr), torch.full_like(thr, self.momentum))
+                    self.running_threshold.copy_((1 - mom) * self.running_threshold + mom * thr)
+                    self.threshold_updates += 1
+            m_r = g_r if soft else hard + g_r - g_r.detach()
+        else:
+            g_r = torch.sigmoid(logits[:, routed])
+            m_r = g_r if soft else straight_through(g_r, self.tau)
+        g = g.index_copy(1, torch.tensor(routed, device=g.device), g_r)
+        m = torch.ones_like(logits).index_copy(1, torch.tensor(routed, device=g.device), m_r)
+        return g, m
+
+    def finish_training(self) -> RoutedStudent:
+        """Fold the training gate into `router.gate_bias`: afterwards m = 1[sigmoid(logit) >= tau] gives the masks
+        training converged to (quantile: logit >= running threshold; always-run layers: on for every input)."""
+        with torch.no_grad():
+            if self.gating == "quantile":
+                self.router.gate_bias += math.log(self.tau / (1 - self.tau)) - float(self.running_threshold)
+                delattr(self, "running_threshold")
+                delattr(self, "threshold_updates")
+            for l in self.always_run:
+                self.router.gate_bias[l] = 1e4  # sigmoid saturates: the gate is on for every input
+        self.gating, self.routed_layers, self.always_run = "threshold", tuple(range(self.num_layers)), ()
+        return self
+
+    def forward_train(self, batch: dict, soft: bool = False, masks: torch.Tensor | None = None) -> dict:
+        """Dense pass with gated residuals (every layer computed, gated to an exact skip when m_l = 0).
+
+        `masks` (B, L) replaces the router's masks (the router still runs and its gates are returned)."""
         bb = self.vla.backbone
         h = self.vla.embed(batch)  # (B, N, D)
-        g = self.router(h)  # (B, L)
+        g, own = self.training_gates(h, soft)  # (B, L) each
+        masks = own if masks is None else masks.to(own.dtype)
         ctx = bb.context(h)
         hidden = []
         for l in range(self.num_layers):
-            m = g[:, l] if soft else straight_through(g[:, l], self.tau)
+            m = masks[:, l]
             f = bb.layer(l, h, ctx)
             h = h + m[:, None, None] * (f - h)
             hidden.append(h)
         final = bb.norm(h)
-        out = {"final": final, "gates": g, "hidden": hidden}
+        out = {"final": final, "gates": g, "masks": masks, "hidden": hidden, "routed": list(self.routed_layers)}
         if getattr(self.vla, "head_family", None) == "regression":  # deterministic and cheap; others sample or arg-max
             out["action"] = self.vla.action_head(final)
         if self.probes is not None:

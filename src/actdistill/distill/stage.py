@@ -17,32 +17,70 @@ from actdistill.config import DistillConfig
 from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE, SAMPLE_ID, WEIGHTS_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
-from actdistill.distill.losses import action_stream_loss, gate_losses, layer_weights, semantic_loss
+from actdistill.distill.losses import (action_stream_loss, layer_weights, normalise_streams, routed_gate_losses,
+                                       semantic_loss)
+from actdistill.distill.similarity import layer_input_similarity
 from actdistill.distill.routing import RoutedStudent
 from actdistill.probe.stage import load_probe_artifact
 from actdistill.teacher import load_teacher
 from actdistill.training import distributed_summary, main_process_writes, train_loop, unwrap
 
 
-def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, soft: bool) -> tuple[torch.Tensor, dict]:
+def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, soft: bool,
+                 initial: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The ActDistill objective; `initial` = (L_sem, L_act) of the untrained student for stream_norm="initial"."""
     out = model(batch, soft=soft)  # through the DDP wrapper when several processes train
     student = unwrap(model)
+    l_task, l_sem, l_act = _streams(student, out, batch, cache, cfg)
+    l_sem, l_act = normalise_streams(l_sem, l_act, cfg.stream_norm, student.num_layers, initial)
+    g = out["gates"]
+    gl = routed_gate_losses(g, out["routed"], student.tau, cfg.rho, cfg.budget_on, student.gating)
+    loss = (l_task + cfg.alpha * l_sem + cfg.beta * l_act + cfg.lambda_bal * gl["bal"] + cfg.lambda_bud * gl["bud"]
+            + cfg.lambda_pol * gl["pol"])
+    on = out["masks"].detach() >= 0.5 if student.gating == "quantile" else g >= student.tau
+    logs = {"loss": loss.item(), "task": l_task.item(), "sem": l_sem.item(), "act": l_act.item(),
+            **{k: v.item() for k, v in gl.items()}, "keep": on.float().mean().item(), "g": g.mean().item(),
+            "gate_on_per_layer": [round(v, 3) for v in on.float().mean(0).tolist()]}
+    return loss, logs
+
+
+def _streams(student: RoutedStudent, out: dict, batch: dict, cache, cfg: DistillConfig):
+    """(L_task, L_sem, L_act) of one forward pass, the teacher's targets read from the cache by sample id."""
     z_t, a_t = cache.lookup(batch[SAMPLE_ID])
     device = out["final"].device
     z_t, a_t = z_t.to(device), a_t.to(device)
     w = layer_weights(student.num_layers, cfg.gamma).to(device)
-    pad = batch.get(ACTION_PAD)
     l_task = student.vla.task_loss(out["final"], batch)  # the head family's own loss
     l_sem = semantic_loss(out["semantic"], z_t, w, cfg.eta)
-    l_act = action_stream_loss(out["probe_action"], batch[ACTION], a_t, w, pad)
-    g = out["gates"]
-    gl = gate_losses(g, student.tau, cfg.rho, cfg.budget_on)
-    loss = (l_task + cfg.alpha * l_sem + cfg.beta * l_act + cfg.lambda_bal * gl["bal"] + cfg.lambda_bud * gl["bud"]
-            + cfg.lambda_pol * gl["pol"])
-    logs = {"loss": loss.item(), "task": l_task.item(), "sem": l_sem.item(), "act": l_act.item(),
-            **{k: v.item() for k, v in gl.items()}, "keep": (g >= student.tau).float().mean().item(), "g": g.mean().item(),
-            "gate_on_per_layer": [round(v, 3) for v in (g >= student.tau).float().mean(0).tolist()]}
-    return loss, logs
+    l_act = action_stream_loss(out["probe_action"], batch[ACTION], a_t, w, batch.get(ACTION_PAD))
+    return l_task, l_sem, l_act
+
+
+@torch.no_grad()
+def initial_streams(student: RoutedStudent, data: FrameDataset, cache, cfg: DistillConfig) -> torch.Tensor:
+    """(L_sem, L_act) of the untrained student running a random rho of its layers, on a fixed batch of evenly spread
+    frames: the size of each stream when the budget first bites. (With every layer on, the untrained student is
+    the teacher and L_sem is exactly 0.) The same on every process and on resume: it depends on no training step."""
+    was = student.training
+    student.eval()  # eval: the quantile gate's running threshold does not move
+    idx = torch.linspace(0, len(data) - 1, min(cfg.train.batch_size, len(data))).long()
+    batch = data.batch(idx)
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    masks = (torch.rand(len(idx), student.num_layers, generator=g) < cfg.rho).float()
+    masks[:, list(student.always_run)] = 1.0
+    _, l_sem, l_act = _streams(student, student.forward_train(batch, masks=masks), batch, cache, cfg)
+    student.train(was)
+    return torch.stack([l_sem, l_act])
+
+
+def hybrid_layers(teacher, data: FrameDataset, count: int) -> tuple[int, ...]:
+    """The `count` layers that change their input most on training frames (lowest input/output cosine similarity):
+    the always-run layers of hybrid depth."""
+    if count <= 0:
+        return ()
+    if count >= teacher.num_layers:
+        raise ValueError(f"always_run={count} leaves no layer to route (the teacher has {teacher.num_layers}).")
+    return tuple(sorted(torch.argsort(layer_input_similarity(teacher, data))[:count].tolist()))
 
 
 def run_distill(cfg: DistillConfig, teacher_dir: Path, probe_dir: Path, dataset_path: Path, out_dir: Path,
@@ -67,12 +105,14 @@ def distill_student(cfg: DistillConfig, teacher, probes, cache, data: FrameDatas
     teacher_hash = teacher_hash or hash_tensors(teacher.state_dict())
     if len(data) != cache.sample_ids.numel():
         raise ArtifactError(f"The teacher cache holds {cache.sample_ids.numel()} samples but the dataset {len(data)}; run `actdistill probe` again.")
+    always = hybrid_layers(teacher, data, cfg.always_run)
     torch.manual_seed(cfg.train.seed)
     student = RoutedStudent.from_teacher(teacher, probes, router_dim=cfg.router_dim, tau=cfg.tau,
-                                         init_bias=cfg.router_init_bias)
+                                         init_bias=cfg.router_init_bias, **routing_options(cfg, always))
+    initial = initial_streams(student, data, cache, cfg) if cfg.stream_norm == "initial" else None
 
     def loss_fn(model, batch, step):
-        return distill_loss(model, batch, cache, cfg, soft=step < cfg.soft_warmup_steps)
+        return distill_loss(model, batch, cache, cfg, soft=step < cfg.soft_warmup_steps, initial=initial)
 
     # The router learns faster than the copied weights: it starts from scratch and must move its gates
     # from "all on" to the budget within one short distillation.
@@ -84,6 +124,7 @@ def distill_student(cfg: DistillConfig, teacher, probes, cache, data: FrameDatas
                         progress=progress, stop_after=stop_after)
     if result.steps < cfg.train.steps:
         return student, {"stopped_at": result.steps}
+    student.finish_training()  # the training gate folded into the router's bias: a plain routed student
 
     def write() -> dict:
         weights = student.state_dict()
@@ -94,12 +135,19 @@ def distill_student(cfg: DistillConfig, teacher, probes, cache, data: FrameDatas
         summary = {"weights": str(out_dir / WEIGHTS_FILE), "steps": result.steps, "seconds": round(result.seconds, 1),
                    "final": {k: round(v, 5) for k, v in last.items() if isinstance(v, float)},
                    "train_keep_ratio": round(float(gate_means.mean()), 4),
-                   "gate_mean_per_layer": [round(float(v), 4) for v in gate_means], **distributed_summary(result)}
+                   "gate_mean_per_layer": [round(float(v), 4) for v in gate_means], "always_run_layers": list(always),
+                   **({"initial_streams": [float(v) for v in initial]} if initial is not None else {}),
+                   **distributed_summary(result)}
         write_header(out_dir, make_header("distill", cfg.to_dict(), inputs={"teacher": teacher_hash, "cache": cache.fingerprint},
                                           weights_hash=hash_tensors(weights), summary=summary))
         return summary
 
     return student, main_process_writes(out_dir, write)
+
+
+def routing_options(cfg: DistillConfig, always: tuple[int, ...]) -> dict:
+    """The RoutedStudent training options a distillation config asks for."""
+    return {"gating": cfg.gating, "rho": cfg.rho, "always_run": always, "momentum": cfg.threshold_momentum}
 
 
 @torch.no_grad()

@@ -152,6 +152,7 @@ class MT10Env:
 
 
 def placement_seeds(kind: str, seed: int, count: int) -> list[int]:
-    """Placement seeds: demonstrations and evaluation draw from disjoint ranges."""
-    base = {"demo": 0, "eval": 10_000_000, "calib": 20_000_000}[kind]
+    """Placement seeds: demonstrations, test ("eval", the reported numbers) and validation ("val", every choice
+    made from rollouts) draw from disjoint ranges."""
+    base = {"demo": 0, "eval": 10_000_000, "calib": 20_000_000, "val": 200_000_000}[kind]  # val: past every eval.seed
     return [base + seed * 100_000 + i for i in range(count)]
