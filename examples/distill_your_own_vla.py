@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -114,6 +115,7 @@ class LlavaVLA(PolicyMixin, nn.Module):
 
 
 def main(argv: list[str] | None = None) -> dict:
+    os.environ.setdefault("MUJOCO_GL", "egl")  # a script may choose offscreen rendering for itself (no display needed)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="demos.hdf5 from `actdistill collect` (64x64 images by default).")
     ap.add_argument("--out", required=True)

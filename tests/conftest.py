@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from actdistill.config import CollectConfig, ModelConfig, SimConfig, TeacherConfig, TrainConfig
 
 TINY_TASKS = ("reach-v3", "drawer-close-v3")
+
+# The tests are an application, like the CLI: they choose offscreen EGL rendering unless the caller chose a renderer.
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def tiny_model_config(**kw) -> ModelConfig:

