@@ -189,3 +189,29 @@ def test_a_programming_error_keeps_its_traceback(monkeypatch):
     parser._subparsers._group_actions[0].choices["collect"].set_defaults(func=broken)
     with pytest.raises(KeyError, match="misspelled"):
         main(["collect", "--out", "x"])
+
+
+def test_a_registered_baseline_becomes_a_bench_row(tiny_run):
+    """Adding a baseline is one function and a registration: the bench runs it at every baseline budget, pairs it
+    with ActDistill and reports it like the built-in rows."""
+    from actdistill.bench.rows import BASELINES, register_baseline
+    from actdistill.bench.run import run_bench
+    from actdistill.config import BenchConfig, EvalConfig
+
+    tmp_path, _ = tiny_run
+
+    @register_baseline("full-depth")
+    def full_depth(bench, rho, k, frac):  # the teacher itself, as a (trivial) baseline
+        bench.evaluate_row(bench.member("full-depth", rho, k), bench.teacher_dir, bench.teacher_hash)
+
+    try:
+        cfg = BenchConfig(actdistill_budgets=(0.5, 0.7), baseline_budgets=(0.5,), latency_repeats=3, latency_frames=4,
+                          bootstrap_samples=50, scratch_compute_scale=0.2,
+                          eval=EvalConfig(episodes_per_task=2, max_steps=8, workers=1))
+        res = run_bench(tmp_path / "run", cfg, progress=False)
+    finally:
+        del BASELINES["full-depth"]
+    rows = {r["name"]: r for r in res["rows"]}
+    assert "full-depth-rho0.5" in rows and rows["full-depth-rho0.5"]["rho"] == 0.5
+    assert rows["full-depth-rho0.5"]["method"] == "full-depth" and "delta_vs_actdistill" in rows["full-depth-rho0.5"]
+    assert list(rows)[-1] == "scratch-rho0.5"  # registered rows run before the `last` ones

@@ -11,17 +11,13 @@ ideal speedup. Finished rows whose config and inputs are unchanged are reused by
 from __future__ import annotations
 
 import copy
-import dataclasses
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from actdistill.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, save_figure, write_header
-from actdistill.config import BenchConfig, RunConfig, TeacherConfig
-from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
-from actdistill.pipeline import StageRunner, evaluate_stage
+from actdistill.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, save_figure
+from actdistill.config import BenchConfig, RunConfig
 from actdistill.provenance import check_provenance, provenance
 
 
@@ -73,189 +69,26 @@ def paired_bootstrap(a: dict[str, list[int]], b: dict[str, list[int]], samples: 
 
 
 def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
-    from actdistill.bench.baselines import layer_input_similarity, static_prune_student, task_loss, train_router_kd
-    from actdistill.early_exit import EarlyExitPolicy, choose_exit_threshold
-    from actdistill.data.dataset import FrameDataset
-    from actdistill.data.hdf5 import read_demos
-    from actdistill.distill.routing import RoutedStudent
-    from actdistill.bench.flops import train_step_flops
-    from actdistill.distill.stage import distill_loss, run_distill
-    from actdistill.models.vla import ReferenceVLA
-    from actdistill.export import export_inputs, run_export, save_student, training_placements
-    from actdistill.probe.stage import load_probe_artifact
-    from actdistill.teacher import load_teacher, train_teacher
-    from actdistill.training import train_loop
+    """The teacher, ActDistill at every budget and seed, then every registered baseline at every baseline budget."""
+    from actdistill.bench.rows import BASELINES, Bench
 
-    run_dir = Path(run_dir)
-    rc = RunConfig.from_dict(read_json(run_dir / CONFIG_FILE, "the run config"))
-    out = run_dir / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    data_path, teacher_dir, probe_dir = run_dir / "collect" / DATASET_FILE, run_dir / "teacher", run_dir / "probe"
-    teacher, tinfo = load_teacher(teacher_dir)
-    teacher_hash = tinfo["header"]["weights_hash"]
-    tasks = tuple(tinfo["tasks"])
-    sim = rc.collect.sim
-    demos = read_demos(data_path)
-    seeds_used = demos.attrs.get("placement_seeds")
-    data = FrameDataset(demos, teacher.config.chunk_size, tasks)
-    probes, cache, _ = load_probe_artifact(probe_dir, teacher, teacher_hash, data.fingerprint)
-    st = StageRunner()
-    eval_key = {"eval": cfg.eval.to_dict(), "sim": sim.to_dict()}
-    rows: dict[str, dict] = {}  # one per trained policy (per seed), by name
-    policies: dict[str, Path] = {}
-    groups: dict[str, dict] = {"teacher": {"method": "teacher", "rho": None, "members": ["teacher"]}}
-
-    def member(method: str, rho: float, k: int) -> str:
-        """The row name of training seed k of `method` at budget rho (seed 0 keeps the plain name and folders)."""
-        name = f"{method}-rho{rho}" + (f"-seed{k}" if k else "")
-        groups.setdefault(f"{method}-rho{rho}", {"method": method, "rho": rho, "members": []})["members"].append(name)
-        return name
-
-    def evaluate_row(name: str, folder: Path, weights_hash: str) -> None:
-        def fn() -> dict:
-            return evaluate_stage(folder, weights_hash, cfg.eval, sim, out / f"eval-{name}", name, seeds_used, progress)
-
-        s = st.run(f"evaluate {name}", "evaluate", out / f"eval-{name}", eval_key, {"policy": weights_hash}, fn,
-                   lambda s: f"success {s['row']['success_mean']:.3f}", lambda s: str(out / f"eval-{name}" / RESULTS_FILE))
-        rows[name] = s["row"]
-        policies[name] = folder
-
-    def weights_hash_of(folder: Path) -> str:
-        return read_json(folder / HEADER_FILE, "a header")["weights_hash"]
-
-    evaluate_row("teacher", teacher_dir, teacher_hash)
-
-    # ActDistill students at every budget
-    settle_steps = rc.export.settle_steps if rc.export.settles else 0
-    for rho, k in [(rho, k) for rho in cfg.actdistill_budgets for k in range(cfg.seeds)]:
-        dcfg = dataclasses.replace(rc.distill, rho=rho, train=seeded(rc.distill.train, k))
-        tag = f"-seed{k}" if k else ""
-        # the run's own student (same config) is reused rather than distilled again
-        home = run_dir if rho == rc.distill.rho and not k else out
-        ddir, xdir = home / f"distill-rho{rho}{tag}", home / f"student-rho{rho}{tag}"
-        st.run(f"distill rho={rho}{tag}", "distill", ddir, dcfg.to_dict(), {"teacher": teacher_hash, "cache": cache.fingerprint},
-               lambda: run_distill(dcfg, teacher_dir, probe_dir, data_path, ddir, progress),
-               lambda s: f"keep {s['train_keep_ratio']:.2f}", lambda s: s["weights"])
-        st.run(f"export rho={rho}{tag}", "export", xdir, rc.export.to_dict(),
-               export_inputs(rc.export, weights_hash_of(ddir), cache.fingerprint),
-               lambda: run_export(rc.export, ddir, data_path, xdir, sim, progress, teacher_dir, probe_dir),
-               lambda s: f"shift {s['gate_shift']:+.2f}", lambda s: s["weights"])
-        evaluate_row(member("actdistill", rho, k), xdir, weights_hash_of(xdir))
-
-    # Baselines, each matched to the closed-loop compute of the ActDistill student of its budget
-    similarity = layer_input_similarity(teacher, data) if cfg.baseline_budgets else None
-    n_flop = 8  # samples per counted training step; FLOPs are linear in the batch size
-
-    def training_step_flops(model_cfg, batch_size: int) -> float:  # FLOPs do not depend on the weights drawn
-        return train_step_flops(ReferenceVLA(model_cfg), lambda m, b: m(b)[0], data.batch(torch.arange(n_flop))) * batch_size / n_flop
-
-    training: dict[str, dict] = {}
+    bench = Bench(run_dir, cfg, progress)
+    bench.evaluate_row("teacher", bench.teacher_dir, bench.teacher_hash)
+    for rho in cfg.actdistill_budgets:
+        for k in range(cfg.seeds):
+            bench.actdistill_row(rho, k)
     if cfg.baseline_budgets:
-        dcfg = rc.distill
-        student = RoutedStudent.from_teacher(teacher, probes, router_dim=dcfg.router_dim, tau=dcfg.tau,
-                                             init_bias=dcfg.router_init_bias)
-        d_step = train_step_flops(student, lambda m, b: distill_loss(m, b, cache, dcfg, soft=False)[0],
-                                  data.batch(torch.arange(n_flop))) * dcfg.train.batch_size / n_flop
-        del student
-        training = {"teacher": {"steps": rc.teacher.train.steps,
-                                "flops": training_step_flops(rc.teacher.model, rc.teacher.train.batch_size) * rc.teacher.train.steps},
-                    "distill": {"steps": dcfg.train.steps, "flops": d_step * dcfg.train.steps}}
-        if settle_steps:  # a settling step is counted as a distillation step (its router gets no gradient: a slight over-count)
-            training["settle"] = {"steps": settle_steps, "flops": d_step * settle_steps}
-    n_layers = teacher.num_layers
-    seeds = training_placements(data_path)
-    for rho, k in [(rho, k) for rho in cfg.baseline_budgets for k in range(cfg.seeds)]:
-        tag = f"-seed{k}" if k else ""
-        # matched to the closed-loop compute of the ActDistill student of the same budget and seed
-        frac = rows[f"actdistill-rho{rho}{tag}"]["layers_executed_frac"]
-        keep = max(1, int(round(frac * n_layers)))
-
-        # static pruning + task-loss fine-tuning
-        name = member("static-prune", rho, k)
-        folder = out / name
-        # as many task-loss steps as the ActDistill student trains (distillation + settling)
-        ft_cfg = dataclasses.replace(seeded(rc.distill.train, k), steps=rc.distill.train.steps + settle_steps)
-        key = {"keep": keep, "train": ft_cfg.to_dict(), "similarity": similarity.tolist()}
-
-        def static_fn(folder=folder, keep=keep, rho=rho, key=key, ft_cfg=ft_cfg) -> dict:
-            t0 = time.time()
-            student = static_prune_student(teacher, keep, similarity)
-            train_loop(model=student, dataset=data, cfg=ft_cfg, out_dir=folder, stage="static-prune",
-                       loss_fn=lambda m, b, s: task_loss(m, b), identity={"key": key, "teacher": teacher_hash},
-                       progress=progress)
-            return {**save_student(student.eval(), folder, teacher.config.to_dict(), 8, rho, list(tasks), key,
-                                   {"teacher": teacher_hash}, {"kept_layers": sorted(torch.argsort(similarity)[:keep].tolist())}),
-                    "seconds": round(time.time() - t0, 1)}
-
-        st.run(f"static-prune rho={rho}{tag}", "export", folder, key, {"teacher": teacher_hash}, static_fn,
-               lambda s: f"layers {s['kept_layers']}", lambda s: s["weights"])
-        evaluate_row(name, folder, weights_hash_of(folder))
-
-        # router with action-only distillation (no graph supervision), same budget and calibration
-        name = member("router-kd", rho, k)
-        folder = out / name
-        dcfg = dataclasses.replace(rc.distill, rho=rho, train=seeded(rc.distill.train, k))
-        key = {"distill": dcfg.to_dict(), "export": rc.export.to_dict()}
-
-        def kd_fn(folder=folder, dcfg=dcfg, key=key) -> dict:
-            return train_router_kd(teacher, teacher_hash, data, dcfg, rc.export, sim, seeds, folder, key, progress)
-
-        st.run(f"router-kd rho={rho}{tag}", "export", folder, key, {"teacher": teacher_hash}, kd_fn,
-               lambda s: f"shift {s['gate_shift']:+.2f}", lambda s: s["weights"])
-        evaluate_row(name, folder, weights_hash_of(folder))
-
-        # early exit on the teacher's own probes: nothing is trained, so its row does not depend on a training seed
-        # and runs once, matched to seed 0's compute
-        if k:
-            continue
-        name = member("early-exit", rho, k)
-        folder = out / name
-        key = {"target_frac": frac}
-
-        def exit_fn(folder=folder, frac=frac, key=key) -> dict:
-            t0 = time.time()
-            policy = EarlyExitPolicy(teacher, probes, threshold=0.0).eval()
-            thr = choose_exit_threshold(policy, data, frac)
-            atomic_write_json(folder / CONFIG_FILE, {"teacher": str(teacher_dir), "probe": str(probe_dir), "threshold": thr})
-            s = {"threshold": thr, "seconds": round(time.time() - t0, 1)}
-            write_header(folder, make_header("early-exit", key, {"teacher": teacher_hash, "heads": cache.fingerprint["heads"]},
-                                             weights_hash=hash_json({"teacher": teacher_hash, "thr": thr}), summary=s))
-            return s
-
-        st.run(f"early-exit rho={rho}", "early-exit", folder, key, {"teacher": teacher_hash, "heads": cache.fingerprint["heads"]},
-               exit_fn, lambda s: f"threshold {s['threshold']:.4f}", lambda s: str(folder))
-        evaluate_row(name, folder, weights_hash_of(folder))
-
-    # a smaller model of the student's mean depth, from scratch, with the same training compute
-    # (FLOPs of the teacher's training plus the distillation's, each counted on a real training step);
-    # last, because these are the longest trainings and every cheaper row is worth having first
-    for rho, k in [(rho, k) for rho in cfg.baseline_budgets for k in range(cfg.seeds)]:
-        tag = f"-seed{k}" if k else ""
-        keep = max(1, int(round(rows[f"actdistill-rho{rho}{tag}"]["layers_executed_frac"] * n_layers)))
-        name = member("scratch", rho, k)
-        folder = out / name
-        smodel = dataclasses.replace(rc.teacher.model, num_layers=keep)
-        budget = training["teacher"]["flops"] + training["distill"]["flops"] + training.get("settle", {}).get("flops", 0.0)
-        per_step = training_step_flops(smodel, rc.teacher.train.batch_size)
-        scratch_steps = max(1, int(round(cfg.scratch_compute_scale * budget / per_step)))
-        scfg = TeacherConfig(model=smodel, train=dataclasses.replace(seeded(rc.teacher.train, k), steps=scratch_steps))
-        training[name] = {"steps": scratch_steps, "flops": per_step * scratch_steps}
-        st.run(f"scratch rho={rho}{tag}", "train-teacher", folder, scfg.to_dict(), {"dataset": data.fingerprint},
-               lambda scfg=scfg, folder=folder: train_teacher(scfg, data_path, folder, progress),
-               lambda s, keep=keep: f"{keep} layers, {s['steps']} steps", lambda s: s["weights"])
-        evaluate_row(name, folder, weights_hash_of(folder))
-        # it runs all of its own layers on every step: as a fraction of the teacher's depth, keep / n_layers
-        rows[name] = {**rows[name], "layers_executed_frac": keep / n_layers}
-
-    extra = {"training_compute": {k: {"steps": v["steps"], "pflops": v["flops"] / 1e15} for k, v in training.items()}}
-    results = finish_bench(rows, policies, groups, cfg, tasks, data, out, rc, extra)
-    results["stages"] = st.rows
+        bench.count_training_compute()
+    for last in (False, True):  # the longest trainings last: every cheaper row is worth having first
+        for rho in cfg.baseline_budgets:
+            for k in range(cfg.seeds):
+                for spec in BASELINES.values():
+                    if spec.last == last and (spec.per_seed or k == 0):
+                        spec.build(bench, rho, k, bench.matched_fraction(rho, k))
+    extra = {"training_compute": {k: {"steps": v["steps"], "pflops": v["flops"] / 1e15} for k, v in bench.training.items()}}
+    results = finish_bench(bench.rows, bench.policies, bench.groups, cfg, bench.tasks, bench.data, bench.out, bench.rc, extra)
+    results["stages"] = bench.stages.rows
     return results
-
-
-def seeded(train, k: int):
-    """Training seed k of a row: the configured seed plus k (k = 0 is the single-seed bench)."""
-    return dataclasses.replace(train, seed=train.seed + k)
 
 
 def finish_bench(rows: dict, policies: dict, groups: dict, cfg: BenchConfig, tasks: tuple, data, out: Path, rc: RunConfig,
