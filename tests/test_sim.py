@@ -1,6 +1,7 @@
 import numpy as np
 
-from actdistill.sim.metaworld_env import MT10Env, placement_seeds
+from actdistill.sim.base import placement_seeds
+from actdistill.sim.metaworld_env import MT10Env
 
 
 def test_two_envs_in_one_process_render_real_frames():

@@ -18,17 +18,16 @@ from actdistill.artifacts import atomic_write_json, make_header, write_header
 from actdistill.config import CollectConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE
 from actdistill.data.hdf5 import Demo, DemoWriter
+from actdistill.sim import get_suite, placement_seeds
 
 _WORKER_ENVS: dict = {}  # per worker process: one environment per task, built on first use
 
 
-def rollout_expert(task: str, seed: int, camera: str, image_size: int, max_steps: int) -> Demo | None:
+def rollout_expert(task: str, seed: int, camera: str, image_size: int, max_steps: int, suite: str = "mt10") -> Demo | None:
     """One expert episode on placement `seed`; None if the expert fails within `max_steps`."""
-    from actdistill.sim.metaworld_env import MT10Env
-
-    key = (task, camera, image_size, max_steps)
+    key = (suite, task, camera, image_size, max_steps)
     if key not in _WORKER_ENVS:
-        _WORKER_ENVS[key] = MT10Env(task, camera=camera, image_size=image_size, max_steps=max_steps)
+        _WORKER_ENVS[key] = get_suite(suite).make_env(task, camera, image_size, max_steps)
     env = _WORKER_ENVS[key]
     obs = env.reset(seed)
     images, states, actions = [], [], []
@@ -45,14 +44,14 @@ def rollout_expert(task: str, seed: int, camera: str, image_size: int, max_steps
 
 
 def _job(args: tuple) -> tuple[str, int, Demo | None]:
-    task, seed, camera, image_size, max_steps = args
-    return task, seed, rollout_expert(task, seed, camera, image_size, max_steps)
+    task, seed, camera, image_size, max_steps, suite = args
+    return task, seed, rollout_expert(task, seed, camera, image_size, max_steps, suite)
 
 
 def collect(cfg: CollectConfig, out_dir: Path, progress: bool = True) -> dict:
     """Collect `cfg.demos_per_task` successful demos per task into `out_dir/demos.hdf5`."""
-    from actdistill.sim.metaworld_env import placement_seeds
-
+    suite = get_suite(cfg.sim.suite)
+    suite.check_tasks(cfg.sim.tasks)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -72,7 +71,8 @@ def collect(cfg: CollectConfig, out_dir: Path, progress: bool = True) -> dict:
                     continue
                 extra = missing + max(1, missing // 10)  # a few spares: experts fail ~1% of the time
                 for _ in range(extra):
-                    jobs.append((t, all_seeds[t][next_index[t]], cfg.sim.camera, cfg.sim.image_size, cfg.max_steps))
+                    jobs.append((t, all_seeds[t][next_index[t]], cfg.sim.camera, cfg.sim.image_size, cfg.max_steps,
+                                 cfg.sim.suite))
                     next_index[t] += 1
                     if next_index[t] > 20 * n + 100:
                         raise RuntimeError(f"The {t} expert keeps failing (only {len(kept[t])} of {n} demos); raise collect.max_steps.")
@@ -95,7 +95,7 @@ def collect(cfg: CollectConfig, out_dir: Path, progress: bool = True) -> dict:
     bar.close()
 
     header = make_header("collect", cfg.to_dict(), inputs={})
-    env_args = {"benchmark": "metaworld-MT10", "camera": cfg.sim.camera, "image_size": cfg.sim.image_size,
+    env_args = {"benchmark": suite.name, "camera": cfg.sim.camera, "image_size": cfg.sim.image_size,
                 "tasks": list(cfg.sim.tasks)}
     writer = DemoWriter(out_dir / DATASET_FILE, header=header, env_args=env_args)
     try:

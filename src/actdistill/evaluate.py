@@ -24,6 +24,7 @@ from actdistill.artifacts import atomic_write_bytes, atomic_write_json
 from actdistill.config import EvalConfig, SimConfig
 from actdistill.constants import OBS_IMAGE, OBS_STATE, RESULTS_FILE, RESULTS_TABLE, TASK
 from actdistill.provenance import provenance
+from actdistill.sim import get_suite, placement_seeds
 
 
 def wilson_ci(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -52,14 +53,13 @@ def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps:
 
     `record_logits` keeps the router's gate logits of every live step (for budget calibration).
     """
-    from actdistill.sim.metaworld_env import MT10Env
-
+    suite = get_suite(sim.suite)
     for other in [t for t in envs_cache if t != task]:  # one task's environments at a time: each holds a renderer
         for env in envs_cache.pop(other):
             env.close()
     pool = envs_cache.setdefault(task, [])
     while len(pool) < len(seeds):
-        pool.append(MT10Env(task, camera=sim.camera, image_size=sim.image_size, max_steps=max_steps))
+        pool.append(suite.make_env(task, sim.camera, sim.image_size, max_steps))
     envs = pool[: len(seeds)]
     obs = [env.reset(s) for env, s in zip(envs, seeds)]
     b = len(seeds)
@@ -76,8 +76,9 @@ def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps:
                  TASK: [o.instruction for o in obs]}
         actions = policy.select_action(batch)
         actions = actions.detach().cpu().numpy() if torch.is_tensor(actions) else np.asarray(actions)
-        if actions.shape != (b, 4) or not np.isfinite(actions).all():
-            raise ValueError(f"The policy returned actions of shape {actions.shape} (or non-finite values); expected ({b}, 4).")
+        if actions.shape != (b, suite.action_dim) or not np.isfinite(actions).all():
+            raise ValueError(f"The policy returned actions of shape {actions.shape} (or non-finite values); expected "
+                             f"({b}, {suite.action_dim}).")
         mask = policy.pop_layer_mask() if hasattr(policy, "pop_layer_mask") else None
         if mask is not None:
             m = mask.detach().cpu().numpy().astype(np.int64)  # (B, L)
@@ -126,8 +127,7 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
     Placements are the held-out evaluation seeds unless `seeds_per_task` names others (calibration uses
     training placements). `return_episodes` also returns the per-episode records.
     """
-    from actdistill.sim.metaworld_env import placement_seeds
-
+    get_suite(sim.suite).check_tasks(sim.tasks)
     t0 = time.time()
     held_out = placement_seeds("eval" if cfg.split == "test" else "val", cfg.seed, cfg.episodes_per_task)
     seeds = {t: list((seeds_per_task or {}).get(t, held_out))[: cfg.episodes_per_task] for t in sim.tasks}

@@ -15,6 +15,7 @@ from actdistill.artifacts import atomic_write_bytes, atomic_write_json, hash_jso
 from actdistill.config import EvalConfig, RunConfig, SimConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
 from actdistill.provenance import provenance, reference_results_path, reproduction_check, version_changes
+from actdistill.sim import get_suite
 
 
 def _finished(folder: Path, stage: str, config: dict, inputs: dict) -> dict | None:
@@ -138,7 +139,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
                        latency_ms_median=round(cost["teacher_latency_ms"], 3), layers_executed_frac=1.0)
     rows = [ev_t["row"], ev_s["row"]]
     usage_md = layer_usage_report(ev_s["row"], out / f"eval-{name}")
-    results = {"benchmark": "metaworld-MT10", "config": cfg.to_dict(), "provenance": st.now, "dataset_content_hash": content,
+    results = {"benchmark": get_suite(cfg.collect.sim.suite).name, "config": cfg.to_dict(), "provenance": st.now, "dataset_content_hash": content,
                "rows": rows, "stage_seconds": {s["stage"]: s["seconds"] for s in st.rows}, "reused_across_versions": st.notices}
     atomic_write_json(out / "mt10.json", results)
     return {"stages": st.rows, "rows": rows, "results": str(out / "mt10.json"), "layer_usage": usage_md, "cost": cost,

@@ -22,6 +22,7 @@ from actdistill.export import export_inputs, run_export, training_placements
 from actdistill.pipeline import StageRunner, evaluate_stage
 from actdistill.probe.stage import load_probe_artifact
 from actdistill.provenance import provenance
+from actdistill.sim import get_suite
 from actdistill.teacher import load_teacher
 
 # name -> overrides of the run's distill / export configs ("kind": "router-kd" trains the router-KD baseline)
@@ -116,7 +117,7 @@ def finish_ablation(rows: dict, cfg: AblationConfig, rc: RunConfig, out: Path, c
         if name != "full":
             row["delta_vs_full"] = paired_bootstrap(r["per_episode_success"], full, cfg.bootstrap_samples)
         out_rows.append(row)
-    results = {"benchmark": "metaworld-MT10", "kind": "ablation", "rho": cfg.rho, "split": cfg.eval.split,
+    results = {"benchmark": get_suite(rc.collect.sim.suite).name, "kind": "ablation", "rho": cfg.rho, "split": cfg.eval.split,
                "config": {"run": rc.to_dict(), "ablation": cfg.to_dict()}, "provenance": provenance(),
                "dataset_content_hash": content_hash, "rows": out_rows, "stages": st.rows}
     atomic_write_json(out / "ablation.json", results)

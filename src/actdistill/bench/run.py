@@ -19,6 +19,7 @@ import torch
 from actdistill.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, save_figure
 from actdistill.config import BenchConfig, RunConfig
 from actdistill.provenance import check_provenance, provenance
+from actdistill.sim import get_suite
 
 
 ROW_FIELDS = ("name", "success_mean", "success_ci95", "success_per_task", "success_hard", "episodes_per_task", "seeds",
@@ -141,7 +142,7 @@ def finish_bench(rows: dict, policies: dict, groups: dict, cfg: BenchConfig, tas
     seed_rows = [{"name": m, "group": g, "seed": i, **{k: rows[m][k] for k in ("success_mean", "success_per_task")},
                   "layers_executed_frac": rows[m].get("layers_executed_frac", 1.0)}
                  for g, spec in groups.items() for i, m in enumerate(spec["members"])]
-    results = {"benchmark": "metaworld-MT10", "config": {"run": rc.to_dict(), "bench": cfg.to_dict()},
+    results = {"benchmark": get_suite(rc.collect.sim.suite).name, "config": {"run": rc.to_dict(), "bench": cfg.to_dict()},
                "provenance": provenance(), "dataset_content_hash": data.content_hash, "hard_tasks": hard,
                **(extra or {}), "rows": out_rows, "seed_rows": seed_rows}
     check_bench_results(results)

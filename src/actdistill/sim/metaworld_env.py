@@ -10,13 +10,13 @@ multisampling are switched off: the same picture at ~12 ms instead of ~160 ms.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from actdistill.config import ConfigError
+from actdistill.config import MT10_TASKS, ConfigError
 from actdistill.constants import ACTION_DIM, STATE_DIM
+from actdistill.sim.base import Observation, Suite, register_suite
 from actdistill.sim.instructions import instruction_for
 
 _UPSIDE_DOWN_CAMERAS = ("corner",)  # Meta-World's `corner` camera renders flipped vertically
@@ -58,13 +58,6 @@ def _mt10():
     if "mt10" not in _BENCHMARK_CACHE:
         _BENCHMARK_CACHE["mt10"] = metaworld.MT10(seed=0)
     return _BENCHMARK_CACHE["mt10"]
-
-
-@dataclass
-class Observation:
-    image: np.ndarray  # (H, W, 3) uint8
-    state: np.ndarray  # (7,) float32: hand xyz, gripper opening, goal xyz
-    instruction: str
 
 
 class MT10Env:
@@ -155,8 +148,7 @@ class MT10Env:
         self._env.close()
 
 
-def placement_seeds(kind: str, seed: int, count: int) -> list[int]:
-    """Placement seeds: demonstrations, test ("eval", the reported numbers) and validation ("val", every choice
-    made from rollouts) draw from disjoint ranges."""
-    base = {"demo": 0, "eval": 10_000_000, "calib": 20_000_000, "val": 200_000_000}[kind]  # val: past every eval.seed
-    return [base + seed * 100_000 + i for i in range(count)]
+MT10 = register_suite(Suite(
+    key="mt10", name="metaworld-MT10", tasks=MT10_TASKS, state_dim=STATE_DIM, action_dim=ACTION_DIM,
+    make_env=lambda task, camera, image_size, max_steps: MT10Env(task, camera=camera, image_size=image_size,
+                                                                 max_steps=max_steps)))
