@@ -62,3 +62,14 @@ def test_overlapping_seeds_are_refused():
     with pytest.raises(ValueError, match="overlap"):
         evaluate(object(), EvalConfig(episodes_per_task=2, workers=1), SimConfig(tasks=("reach-v3",)), None,
                  exclude_seeds={"reach-v3": [10_000_000]}, progress=False)
+
+
+def test_success_is_reported_per_difficulty_group():
+    from actdistill.config import EvalConfig
+    from actdistill.evaluate import summarize
+
+    eps = [{"task": t, "seed": i, "success": s, "steps": 10, "policy_calls": 10}
+           for t, results in (("a", [1, 1]), ("b", [0, 1]), ("c", [0, 0])) for i, s in enumerate(results)]
+    row = summarize(eps, ("a", "b", "c"), "p", EvalConfig(episodes_per_task=2),
+                    {"easy": ("a", "b", "z"), "hard": ("c",), "empty": ("z",)})
+    assert row["success_per_group"] == {"easy": 0.75, "hard": 0.0}  # over the evaluated tasks of each group

@@ -91,3 +91,42 @@ def test_demo_test_and_validation_placements_are_disjoint():
     for i, a in enumerate(ranges):
         for b in ranges[i + 1:]:
             assert not a & b
+
+
+def test_the_mt50_suite_names_every_task_once_with_groups_and_instructions():
+    from actdistill.config import SimConfig
+    from actdistill.sim import get_suite
+    from actdistill.sim.instructions import INSTRUCTIONS, PARAPHRASES
+
+    suite = get_suite("mt50")
+    assert len(suite.tasks) == 50 == len(set(suite.tasks))
+    sizes = {g: len(ts) for g, ts in suite.groups.items()}
+    assert sizes == {"easy": 28, "medium": 11, "hard": 6, "very_hard": 5}
+    assert sorted(t for ts in suite.groups.values() for t in ts) == sorted(suite.tasks)  # a partition
+    for t in suite.tasks:
+        strings = [INSTRUCTIONS[t], *PARAPHRASES[t]]
+        assert len(strings) == 3 == len(set(strings)), t
+    assert set(get_suite("mt10").tasks) < set(suite.tasks)
+    assert SimConfig(suite="mt50").tasks == suite.tasks  # the default list is the whole suite
+    assert SimConfig(suite="mt50", tasks=("soccer-v3",)).tasks == ("soccer-v3",)
+    import pytest
+
+    from actdistill.config import ConfigError
+    with pytest.raises(ConfigError, match="Unknown task 'soccer-v3'"):
+        SimConfig(tasks=("soccer-v3",))  # not an MT10 task
+
+
+def test_an_mt50_task_renders_and_its_expert_solves_it():
+    from actdistill.sim import get_suite
+
+    env = get_suite("mt50").make_env("coffee-button-v3", "corner2", 32, 200)
+    try:
+        obs = env.reset(0)
+        assert obs.image.shape == (32, 32, 3) and obs.state.shape == (7,) and obs.instruction
+        for _ in range(200):
+            _, ok = env.step(env.expert_action())
+            if ok:
+                break
+        assert ok
+    finally:
+        env.close()

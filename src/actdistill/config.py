@@ -27,6 +27,19 @@ MT10_TASKS: tuple[str, ...] = (
     "window-open-v3",
     "window-close-v3",
 )
+# Meta-World MT50 (metaworld 3.x order); MT10 is a subset
+MT50_TASKS: tuple[str, ...] = (
+    "assembly-v3", "basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-topdown-v3",
+    "button-press-topdown-wall-v3", "button-press-v3", "button-press-wall-v3", "coffee-button-v3", "coffee-pull-v3",
+    "coffee-push-v3", "dial-turn-v3", "disassemble-v3", "door-close-v3", "door-lock-v3", "door-open-v3",
+    "door-unlock-v3", "hand-insert-v3", "drawer-close-v3", "drawer-open-v3", "faucet-open-v3", "faucet-close-v3",
+    "hammer-v3", "handle-press-side-v3", "handle-press-v3", "handle-pull-side-v3", "handle-pull-v3", "lever-pull-v3",
+    "pick-place-wall-v3", "pick-out-of-hole-v3", "pick-place-v3", "plate-slide-v3", "plate-slide-side-v3",
+    "plate-slide-back-v3", "plate-slide-back-side-v3", "peg-insert-side-v3", "peg-unplug-side-v3", "soccer-v3",
+    "stick-push-v3", "stick-pull-v3", "push-v3", "push-wall-v3", "push-back-v3", "reach-v3", "reach-wall-v3",
+    "shelf-place-v3", "sweep-into-v3", "sweep-v3", "window-open-v3", "window-close-v3",
+)
+SUITE_TASKS: dict[str, tuple[str, ...]] = {"mt10": MT10_TASKS, "mt50": MT50_TASKS}
 DECODERS: tuple[str, ...] = ("llama", "qwen2", "mistral", "gemma", "gemma2", "gemma3")
 HEADS: tuple[str, ...] = ("regression", "diffusion", "discrete")  # action-head families (models/heads.py)
 CAMERAS: tuple[str, ...] = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
@@ -134,15 +147,19 @@ class SimConfig(_Base):
     tasks: tuple[str, ...] = MT10_TASKS
     camera: str = "corner2"
     image_size: int = 64
-    suite: str = "mt10"  # a suite registered in actdistill.sim (which checks the tasks of other suites)
+    suite: str = "mt10"  # "mt10" or "mt50" (Meta-World); the default task list is the whole suite
 
     _LATER_FIELDS = ("suite",)
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
+        _check(self.suite in SUITE_TASKS, f"Unknown suite {self.suite!r}; choose from {', '.join(SUITE_TASKS)}.")
+        known = SUITE_TASKS[self.suite]
+        if self.suite != "mt10" and self.tasks == MT10_TASKS:  # the default list: the whole suite
+            self.tasks = known
         _check(len(self.tasks) > 0, "SimConfig.tasks must name at least one task.")
-        for t in self.tasks if self.suite == "mt10" else ():
-            _check(t in MT10_TASKS, f"Unknown task {t!r} in SimConfig.tasks; choose from {', '.join(MT10_TASKS)}.")
+        for t in self.tasks:
+            _check(t in known, f"Unknown task {t!r} in SimConfig.tasks; choose from {', '.join(known)}.")
         _check(len(set(self.tasks)) == len(self.tasks), "SimConfig.tasks lists a task twice.")
         _check(self.camera in CAMERAS, f"Unknown camera {self.camera!r}; choose from {', '.join(CAMERAS)}.")
         _check(16 <= self.image_size <= 256, f"SimConfig.image_size must be in [16, 256], got {self.image_size}.")

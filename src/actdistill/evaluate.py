@@ -170,14 +170,17 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
                     env.close()
     bar.close()
     episodes.sort(key=lambda e: (sim.tasks.index(e["task"]), e["seed"]))
-    result = summarize(episodes, sim.tasks, name, cfg)
+    result = summarize(episodes, sim.tasks, name, cfg, get_suite(sim.suite).groups)
     result["seconds"] = round(time.time() - t0, 1)
     if out_dir is not None:
         write_results(result, episodes, Path(out_dir))
     return (result, episodes) if return_episodes else result
 
 
-def summarize(episodes: list[dict], tasks: tuple[str, ...], name: str, cfg: EvalConfig) -> dict:
+def summarize(episodes: list[dict], tasks: tuple[str, ...], name: str, cfg: EvalConfig,
+              groups: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """Per-task and mean success with Wilson CIs, mean success per difficulty group (over the group's tasks that
+    were evaluated), and per-layer usage for routed policies."""
     per_task = {}
     ci_task = {}
     usage_task = {}
@@ -202,6 +205,8 @@ def summarize(episodes: list[dict], tasks: tuple[str, ...], name: str, cfg: Eval
         "placement_seeds": sorted({e["seed"] for e in episodes}),
         "per_episode_success": {t: [int(e["success"]) for e in episodes if e["task"] == t] for t in tasks},
     }
+    in_group = {g: [t for t in ts if t in per_task] for g, ts in (groups or {}).items()}
+    row["success_per_group"] = {g: float(np.mean([per_task[t] for t in ts])) for g, ts in in_group.items() if ts}
     if usage_task:
         calls = sum(e["policy_calls"] for e in episodes)
         executed = np.sum([e["layers_executed"] for e in episodes], axis=0)

@@ -1,6 +1,6 @@
-"""Meta-World MT10 with CPU offscreen rendering.
+"""Meta-World MT10 and MT50 with CPU offscreen rendering, registered as the suites "mt10" and "mt50".
 
-One `MT10Env` per task: a Meta-World v3 environment whose object and goal
+One `MetaWorldEnv` per task: a Meta-World v3 environment whose object and goal
 placement is set from an integer placement seed, rendered with its own
 `mujoco.Renderer` (one GL context per renderer, so several environments in
 one process each get their own picture). Shadows, reflections and
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from actdistill.config import MT10_TASKS, ConfigError
+from actdistill.config import MT10_TASKS, MT50_TASKS, ConfigError
 from actdistill.constants import ACTION_DIM, STATE_DIM
 from actdistill.sim.base import Observation, Suite, register_suite
 from actdistill.sim.instructions import instruction_for
@@ -53,28 +53,30 @@ def _import_sim():
 _BENCHMARK_CACHE: dict[str, Any] = {}
 
 
-def _mt10():
+def _benchmark(key: str):
+    """metaworld.MT10 or metaworld.MT50 (built once per process: it constructs every task's environment class)."""
     metaworld, _ = _import_sim()
-    if "mt10" not in _BENCHMARK_CACHE:
-        _BENCHMARK_CACHE["mt10"] = metaworld.MT10(seed=0)
-    return _BENCHMARK_CACHE["mt10"]
+    if key not in _BENCHMARK_CACHE:
+        _BENCHMARK_CACHE[key] = {"mt10": metaworld.MT10, "mt50": metaworld.MT50}[key](seed=0)
+    return _BENCHMARK_CACHE[key]
 
 
-class MT10Env:
-    """One MT10 task with seeded placements, RGB rendering and its scripted expert."""
+class MetaWorldEnv:
+    """One Meta-World task (of MT10 or MT50) with seeded placements, RGB rendering and its scripted expert."""
 
-    def __init__(self, task: str, camera: str = "corner2", image_size: int = 64, max_steps: int = 300):
+    def __init__(self, task: str, camera: str = "corner2", image_size: int = 64, max_steps: int = 300,
+                 benchmark: str = "mt10"):
         _, mujoco = _import_sim()
-        bench = _mt10()
+        bench = _benchmark(benchmark)
         if task not in bench.train_classes:
-            raise ConfigError(f"Unknown MT10 task '{task}'; choose from {', '.join(bench.train_classes)}.")
+            raise ConfigError(f"Unknown {benchmark.upper()} task '{task}'; choose from {', '.join(bench.train_classes)}.")
         self.task = task
         self.instruction = instruction_for(task)
         self.camera = camera
         self.image_size = image_size
         self.max_steps = max_steps
         self._env = bench.train_classes[task]()
-        # Any MT10 task object of this class sets the fully observable mode (goal in the observation);
+        # Any task object of this class sets the fully observable mode (goal in the observation);
         # the placement itself is overwritten from our own seed in `reset`.
         self._env.set_task(next(t for t in bench.train_tasks if t.env_name == task))
         self._env.max_path_length = max(max_steps, 1)
@@ -107,7 +109,7 @@ class MT10Env:
     def step(self, action: np.ndarray) -> tuple[Observation, bool]:
         action = np.asarray(action, dtype=np.float32).reshape(-1)
         if action.shape != (ACTION_DIM,):
-            raise ValueError(f"MT10 actions have {ACTION_DIM} values, got shape {tuple(action.shape)}.")
+            raise ValueError(f"Meta-World actions have {ACTION_DIM} values, got shape {tuple(action.shape)}.")
         if not np.all(np.isfinite(action)):
             raise ValueError("The policy returned a NaN or infinite action.")
         raw, _reward, _term, _trunc, info = self._env.step(np.clip(action, -1.0, 1.0))
@@ -139,7 +141,9 @@ class MT10Env:
 
             from metaworld import policies
 
-            self._expert = getattr(policies, _POLICY_NAMES[self.task])()
+            # the MT10 experts by name (as the MT10 data was collected); the rest from Meta-World's own map
+            self._expert = (getattr(policies, _POLICY_NAMES[self.task])() if self.task in _POLICY_NAMES
+                            else policies.ENV_POLICY_MAP[self.task]())
             warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
         return np.clip(self._expert.get_action(self._raw_obs), -1.0, 1.0).astype(np.float32)
 
@@ -148,7 +152,32 @@ class MT10Env:
         self._env.close()
 
 
-MT10 = register_suite(Suite(
-    key="mt10", name="metaworld-MT10", tasks=MT10_TASKS, state_dim=STATE_DIM, action_dim=ACTION_DIM,
-    make_env=lambda task, camera, image_size, max_steps: MT10Env(task, camera=camera, image_size=image_size,
-                                                                 max_steps=max_steps)))
+MT10Env = MetaWorldEnv  # the name earlier code and tests use
+
+# Difficulty groups of MT50 as LeRobot's Meta-World config (`DIFFICULTY_TO_TASKS`) and the SmolVLA tables use
+# them (28 easy, 11 medium, 6 hard, 5 very hard).
+MT50_GROUPS: dict[str, tuple[str, ...]] = {
+    "easy": ("button-press-v3", "button-press-topdown-v3", "button-press-topdown-wall-v3", "button-press-wall-v3",
+             "coffee-button-v3", "dial-turn-v3", "door-close-v3", "door-lock-v3", "door-open-v3", "door-unlock-v3",
+             "drawer-close-v3", "drawer-open-v3", "faucet-close-v3", "faucet-open-v3", "handle-press-v3",
+             "handle-press-side-v3", "handle-pull-v3", "handle-pull-side-v3", "lever-pull-v3", "plate-slide-v3",
+             "plate-slide-back-v3", "plate-slide-back-side-v3", "plate-slide-side-v3", "reach-v3", "reach-wall-v3",
+             "window-close-v3", "window-open-v3", "peg-unplug-side-v3"),
+    "medium": ("basketball-v3", "bin-picking-v3", "box-close-v3", "coffee-pull-v3", "coffee-push-v3", "hammer-v3",
+               "peg-insert-side-v3", "push-wall-v3", "soccer-v3", "sweep-v3", "sweep-into-v3"),
+    "hard": ("assembly-v3", "hand-insert-v3", "pick-out-of-hole-v3", "pick-place-v3", "push-v3", "push-back-v3"),
+    "very_hard": ("shelf-place-v3", "disassemble-v3", "stick-pull-v3", "stick-push-v3", "pick-place-wall-v3"),
+}
+
+
+def _maker(benchmark: str):
+    def make(task: str, camera: str, image_size: int, max_steps: int) -> MetaWorldEnv:
+        return MetaWorldEnv(task, camera=camera, image_size=image_size, max_steps=max_steps, benchmark=benchmark)
+    return make
+
+
+MT10 = register_suite(Suite(key="mt10", name="metaworld-MT10", tasks=MT10_TASKS, state_dim=STATE_DIM,
+                            action_dim=ACTION_DIM, make_env=_maker("mt10"),
+                            groups={g: tuple(t for t in ts if t in MT10_TASKS) for g, ts in MT50_GROUPS.items()}))
+MT50 = register_suite(Suite(key="mt50", name="metaworld-MT50", tasks=MT50_TASKS, state_dim=STATE_DIM,
+                            action_dim=ACTION_DIM, make_env=_maker("mt50"), groups=MT50_GROUPS))
