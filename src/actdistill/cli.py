@@ -93,6 +93,12 @@ def cmd_collect(args) -> None:
     print_table([{"task": t, "demos": cfg.demos_per_task, "frames": n, "expert failures": s["expert_failures"][t]}
                  for t, n in s["frames_per_task"].items()], ["task", "demos", "frames", "expert failures"], "collected")
     print(f"\nwrote {s['dataset']} ({s['frames']} frames) in {s['seconds']:.0f} s")
+    if args.format == "lerobot":
+        from actdistill.data.hdf5 import read_demos
+        from actdistill.data.lerobot import write_lerobot
+
+        root = write_lerobot(read_demos(Path(s["dataset"])), Path(args.out) / "lerobot")
+        print(f"wrote {root} (LeRobotDataset v3: parquet + H.264 video; every stage reads it with --data {root})")
 
 
 def cmd_train_teacher(args) -> None:
@@ -242,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--image-size", type=int, dest="image_size")
     c.add_argument("--workers", type=int)
     c.add_argument("--seed", type=int)
+    c.add_argument("--format", choices=("hdf5", "lerobot"), default="hdf5",
+                   help="also write the demos as a LeRobotDataset v3 folder (OUT/lerobot) with 'lerobot'.")
     _common(c)
     c.set_defaults(func=cmd_collect)
 

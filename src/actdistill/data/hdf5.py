@@ -15,52 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from actdistill.artifacts import ArtifactError, hash_file, write_failed
-from actdistill.constants import ACTION_DIM, STATE_DIM
+from actdistill.data.demos import Demo, DemoSet, hash_demo_into, content_hash
+from actdistill.data.lerobot import is_lerobot_dataset, read_lerobot
 
-
-@dataclass
-class Demo:
-    task: str
-    instruction: str
-    placement_seed: int
-    images: np.ndarray  # (T, H, W, 3) uint8
-    states: np.ndarray  # (T, 7) float32
-    actions: np.ndarray  # (T, 4) float32
-
-    def __post_init__(self) -> None:
-        t = len(self.actions)
-        if t == 0:
-            raise ValueError(f"Demo of {self.task} (seed {self.placement_seed}) is empty.")
-        if self.images.ndim != 4 or self.images.shape[0] != t or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
-            raise ValueError(f"Demo images must be (T, H, W, 3) uint8 with T={t}, got {self.images.shape} {self.images.dtype}.")
-        if self.states.shape != (t, STATE_DIM) or self.actions.shape != (t, ACTION_DIM):
-            raise ValueError(f"Demo states/actions must be ({t}, {STATE_DIM}) and ({t}, {ACTION_DIM}), got {self.states.shape} and {self.actions.shape}.")
-        if not self.instruction:
-            raise ValueError(f"Demo of {self.task} (seed {self.placement_seed}) has no instruction.")
-
-
-def _hash_demo(h, demo: Demo) -> None:
-    """Feed one demo's content (not the file's bytes, which carry a timestamp) into a running hash."""
-    h.update(json.dumps([demo.task, demo.instruction, int(demo.placement_seed)]).encode())
-    for arr in (demo.images, demo.states.astype(np.float32), demo.actions.astype(np.float32)):
-        arr = np.ascontiguousarray(arr)
-        h.update(f"{arr.dtype.str}{arr.shape}".encode())
-        h.update(arr.tobytes())
-
-
-def content_hash(demos: list[Demo]) -> str:
-    """Hash of the demonstrations themselves, in file order: equal for bit-identical collections."""
-    h = hashlib.sha256()
-    for d in demos:
-        _hash_demo(h, d)
-    return h.hexdigest()[:16]
+__all__ = ["Demo", "DemoSet", "DemoWriter", "content_hash", "read_demos"]
 
 
 class DemoWriter:
@@ -96,7 +60,7 @@ class DemoWriter:
         g.create_dataset("actions", data=demo.actions.astype(np.float32))
         self._n += 1
         self._total += len(demo.actions)
-        _hash_demo(self._hash, demo)
+        hash_demo_into(self._hash, demo)
 
     @property
     def content_hash(self) -> str:
@@ -120,29 +84,14 @@ class DemoWriter:
         self._tmp.unlink(missing_ok=True)
 
 
-@dataclass
-class DemoSet:
-    """All demos of a file, in memory, plus the file's header and fingerprint."""
-
-    demos: list[Demo]
-    header: dict
-    env_args: dict
-    fingerprint: str
-    attrs: dict = field(default_factory=dict)
-    content_hash: str = ""  # `content_hash(demos)`: equal for bit-identical collections, whatever the file's timestamps
-
-    @property
-    def tasks(self) -> list[str]:
-        return sorted({d.task for d in self.demos})
-
-    @property
-    def num_frames(self) -> int:
-        return sum(len(d.actions) for d in self.demos)
-
-
 def read_demos(path: Path, image_key: str = "obs/image", state_key: str = "obs/state") -> DemoSet:
-    """Read a whole demo file; stop with one sentence on a missing, corrupt or incomplete file."""
+    """Read a whole demo file, or a LeRobotDataset v3 folder; stop with one sentence on a missing, corrupt or
+    incomplete one. (For a LeRobot folder the keys are its feature names; the defaults pick its one camera and
+    `observation.state`.)"""
     path = Path(path)
+    if is_lerobot_dataset(path):
+        return read_lerobot(path, None if image_key == "obs/image" else image_key,
+                            "observation.state" if state_key == "obs/state" else state_key)
     if not path.is_file():
         raise ArtifactError(f"Dataset not found at {path}; run `actdistill collect` first.")
     try:
