@@ -21,7 +21,6 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
@@ -31,9 +30,9 @@ from actdistill.config import DistillConfig, EvalConfig, ProbeConfig, SimConfig,
 from actdistill.constants import ACTION, ACTION_PAD, OBS_IMAGE, OBS_LANG, OBS_STATE, STATE_DIM
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
-from actdistill.distill.routing import RoutedStudent
 from actdistill.distill.stage import distill_student
 from actdistill.evaluate import evaluate
+from actdistill.export import export_student, load_student
 from actdistill.models.backbone import DecoderBackbone
 from actdistill.models.heads import build_head
 from actdistill.models.policy import PolicyMixin
@@ -155,13 +154,11 @@ def main(argv: list[str] | None = None) -> dict:
     dcfg = DistillConfig(rho=args.rho, train=train(args.distill_steps))
     student, summary = distill_student(dcfg, teacher, probes, cache, data, out / "distill")
 
-    # 4. export: drop the graph parts, save in safetensors, load into a fresh copy of your model class
-    student.strip_probes().eval()
-    save_file(student.state_dict(), str(out / "student.safetensors"))
-    deployed = RoutedStudent(LlavaVLA(build_vlm(layers=args.layers, image_size=image_size), head=args.head),
-                             router_dim=dcfg.router_dim, tau=dcfg.tau)
-    deployed.load_state_dict(load_file(str(out / "student.safetensors")))
-    deployed.eval()
+    # 4. export through the package (graph parts dropped; safetensors, config and header with its weights hash), then
+    #    load it back into a fresh instance of your model class, as a deployment would
+    export_student(student, out / "student", rho=args.rho, tasks=list(data.task_names))
+    deployed = load_student(out / "student", model=LlavaVLA(build_vlm(layers=args.layers, image_size=image_size),
+                                                            head=args.head))
 
     frames = [data.batch(i.view(1)) for i in torch.linspace(0, len(data) - 1, 16).long()]
     t_flops = policy_flops(teacher, frames[0])

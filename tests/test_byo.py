@@ -90,10 +90,29 @@ def test_the_worked_example_runs_from_wrapping_to_exported_student(example, tiny
     assert report["head"] == head and report["decoder_layers"] == 4
     assert 0.0 <= report["layers_executed_frac"] <= 1.0 and 0.0 <= report["student_success"] <= 1.0
     assert report["student_decoder_gflops"] == pytest.approx(report["teacher_decoder_gflops"] * report["layers_executed_frac"])
-    saved = (tmp_path / "student.safetensors")
+    saved = (tmp_path / "student" / "model.safetensors")
     from safetensors.torch import load_file
 
     assert not any(k.startswith("probes.") for k in load_file(str(saved)))  # the graph parts are gone
+
+
+def test_a_routed_student_of_your_own_model_exports_and_reloads_with_identical_actions(example, tmp_path):
+    from actdistill.artifacts import ArtifactError
+    from actdistill.export import export_student, load_student
+
+    vla = _vla(example, layers=4)
+    student = RoutedStudent.from_teacher(vla, None, router_dim=8).eval()
+    with torch.no_grad():  # an input-dependent router, so the reload must carry it
+        student.router.gate.weight.normal_(std=2.0)
+    export_student(student, tmp_path / "s", rho=0.5, tasks=["reach-v3"])
+    with pytest.raises(ArtifactError, match="fresh instance of that class"):
+        load_student(tmp_path / "s")
+    back = load_student(tmp_path / "s", model=example.LlavaVLA(example.build_vlm(hidden=32, layers=4, image_size=32)))
+    batch = _batch(_Cfg, 4)
+    with torch.no_grad():
+        a, ma = student.predict_chunk(batch)
+        b, mb = back.predict_chunk(batch)
+    assert torch.equal(ma, mb) and torch.equal(a, b) and 0 < ma.float().mean() < 1
 
 
 def test_the_example_does_not_train_on_padded_chunk_steps(example):

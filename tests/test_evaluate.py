@@ -73,3 +73,19 @@ def test_success_is_reported_per_difficulty_group():
     row = summarize(eps, ("a", "b", "c"), "p", EvalConfig(episodes_per_task=2),
                     {"easy": ("a", "b", "z"), "hard": ("c",), "empty": ("z",)})
     assert row["success_per_group"] == {"easy": 0.75, "hard": 0.0}  # over the evaluated tasks of each group
+
+
+def test_cli_evaluate_writes_results_and_a_header(tiny_teacher, tmp_path):
+    import json
+
+    from actdistill.cli import main
+    from actdistill.provenance import check_provenance
+
+    out = tmp_path / "e"
+    assert main(["evaluate", "--policy", str(tiny_teacher), "--out", str(out), "--episodes", "1", "--max-steps", "5",
+                 "--workers", "1", "--tasks", "reach-v3", "--no-progress"]) == 0
+    header = json.loads((out / "header.json").read_text())
+    teacher_hash = json.loads((tiny_teacher / "header.json").read_text())["weights_hash"]
+    assert header["stage"] == "evaluate" and header["inputs"] == {"policy": teacher_hash}
+    check_provenance(header["provenance"], "the evaluate header")
+    check_provenance(json.loads((out / "results.json").read_text())["provenance"], "results.json")

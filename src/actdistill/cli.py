@@ -14,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from actdistill.artifacts import ArtifactError
+from actdistill.artifacts import ArtifactError, read_json
+from actdistill.constants import HEADER_FILE
 from actdistill.config import (AblationConfig, BenchConfig, CollectConfig, ConfigError, DistillConfig, EvalConfig, ExportConfig, ProbeConfig,
                                RunConfig, SimConfig, TeacherConfig, apply_overrides)
 from actdistill.models.policy import ObservationError
@@ -112,18 +113,18 @@ def cmd_train_teacher(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from actdistill.evaluate import evaluate
-    from actdistill.registry import PolicySpec
+    from actdistill.pipeline import evaluate_stage
+    from actdistill.registry import load_policy
 
     cfg = _build_config(EvalConfig, args, {"episodes": "episodes_per_task", "max_steps": "max_steps",
                                            "workers": "workers", "gifs": "gifs_per_task", "seed": "seed"})
-    from actdistill.registry import load_policy
-
     policy = load_policy(Path(args.policy))  # fail here, with one sentence, before any worker starts
     sim = SimConfig(tasks=tuple(args.tasks) if args.tasks else SimConfig().tasks, camera=args.camera,
                     image_size=policy.image_size)
-    r = evaluate(PolicySpec(args.policy) if cfg.workers > 1 else policy, cfg, sim, Path(args.out),
-                 name=args.name, progress=not args.no_progress)
+    weights_hash = read_json(Path(args.policy) / HEADER_FILE, "the policy header")["weights_hash"]
+    # the same stage as inside `actdistill run`: results plus a header (eval config, sim, policy weights, provenance)
+    r = evaluate_stage(Path(args.policy), weights_hash, cfg, sim, Path(args.out), args.name, {},
+                       not args.no_progress)["row"]
     rows = _success_rows([r])
     print_table(rows, list(rows[0]), "closed-loop success")
     print(f"\nwrote {Path(args.out) / 'results.json'} and results.md ({r['seconds']:.0f} s)")

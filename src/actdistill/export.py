@@ -22,6 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from torch import nn
 
 from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, load_checked_weights,
                                   make_header, read_header, read_json, write_header)
@@ -29,6 +30,7 @@ from actdistill.config import ConfigError, DistillConfig, EvalConfig, ExportConf
 from actdistill.constants import CONFIG_FILE, WEIGHTS_FILE
 from actdistill.distill.routing import RoutedStudent
 from actdistill.models.heads import check_head_family
+from actdistill.models.vla import ReferenceVLA
 from actdistill.training import train_loop
 
 
@@ -167,28 +169,48 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
     return summary
 
 
-def save_student(student: RoutedStudent, out_dir: Path, model_cfg: dict, router_dim: int, rho: float, tasks: list[str],
-                 config: dict, inputs: dict, extra: dict) -> dict:
-    """Write a deployable routed student (no graph parts) with its header; also used for routed baselines."""
+def save_student(student: RoutedStudent, out_dir: Path, model_cfg: dict | None, router_dim: int, rho: float,
+                 tasks: list[str], config: dict, inputs: dict, extra: dict) -> dict:
+    """Write a deployable routed student (no graph parts) with its header; also used for routed baselines.
+
+    `model_cfg` is the reference VLA's config, or None for a model of your own (its class is recorded, and
+    `load_student` then needs a fresh instance of it)."""
     weights = student.state_dict()
     leaked = [k for k in weights if k.startswith("probes.")]
     assert not leaked, leaked  # the exported student never carries graph parts
     atomic_save_tensors(out_dir / WEIGHTS_FILE, weights)
-    atomic_write_json(out_dir / CONFIG_FILE, {"model": model_cfg, "router_dim": router_dim, "tau": student.tau,
-                                             "rho": rho, "tasks": tasks})
+    cls = type(student.vla)
+    atomic_write_json(out_dir / CONFIG_FILE, {"model": model_cfg, "model_class": f"{cls.__module__}.{cls.__qualname__}",
+                                             "router_dim": router_dim, "tau": student.tau, "rho": rho, "tasks": tasks})
     summary = {"weights": str(out_dir / WEIGHTS_FILE), "rho": rho, "gate_shift": float(student.router.gate_bias[0]),
                "parameters": sum(p.numel() for p in student.parameters()), **extra}
     write_header(out_dir, make_header("export", config, inputs=inputs, weights_hash=hash_tensors(weights), summary=summary))
     return summary
 
 
-def load_student(folder: Path) -> RoutedStudent:
+def export_student(student: RoutedStudent, out_dir: Path, rho: float, tasks: list[str], inputs: dict | None = None) -> dict:
+    """Export a routed student of any contract model (graph parts dropped) into `out_dir`, as `actdistill export`
+    does for the reference VLA; reload it with `load_student(out_dir, model=<a fresh instance of your model>)`."""
+    student.strip_probes().eval()
+    model_cfg = student.vla.config.to_dict() if isinstance(student.vla, ReferenceVLA) else None
+    return save_student(student, Path(out_dir), model_cfg, student.router.proj_vision.out_features, rho, list(tasks),
+                        {"rho": rho}, inputs or {}, {})
+
+
+def load_student(folder: Path, model: nn.Module | None = None) -> RoutedStudent:
+    """A deployable routed student. The reference VLA is rebuilt from the saved config; a student of your own model
+    needs `model`, a fresh instance of the class it was exported from (its weights are replaced)."""
     folder = Path(folder)
     header = read_header(folder, "export")
     cfg = read_json(folder / CONFIG_FILE, "the student config")
-    student = RoutedStudent(ModelConfig.from_dict(cfg["model"]), router_dim=cfg["router_dim"], tau=cfg["tau"])
+    if cfg.get("model") is None and model is None:
+        raise ArtifactError(f"{folder} holds a routed {cfg.get('model_class', 'custom model')}; load it with "
+                            "load_student(folder, model=<a fresh instance of that class>).")
+    vla = ModelConfig.from_dict(cfg["model"]) if model is None else model
+    student = RoutedStudent(vla, router_dim=cfg["router_dim"], tau=cfg["tau"])
     weights = load_checked_weights(folder, header, "student weights", "export it again")
-    check_head_family(weights, student.vla.config.action_head, folder / WEIGHTS_FILE, prefix="vla.head.")
+    if cfg.get("model") is not None:
+        check_head_family(weights, student.vla.config.action_head, folder / WEIGHTS_FILE, prefix="vla.head.")
     try:
         student.load_state_dict(weights, strict=True)
     except RuntimeError as err:

@@ -28,12 +28,15 @@ from actdistill.models.vla import ReferenceVLA, action_loss
 from actdistill.training import train_loop, unwrap
 
 
+STATIC_ROUTER_DIM = 8  # the static student's router is fixed (zero weights, +-20 biases): its width is immaterial
+
+
 def static_prune_student(teacher: ReferenceVLA, keep: int, similarity: torch.Tensor) -> RoutedStudent:
     """A student that runs the same `keep` layers for every input: the least input-preserving ones."""
     if not 1 <= keep <= teacher.num_layers:
         raise ValueError(f"keep must be in [1, {teacher.num_layers}], got {keep}.")
     keep_set = set(torch.argsort(similarity)[:keep].tolist())  # lowest similarity = the layer changes most
-    student = RoutedStudent.from_teacher(teacher, None, router_dim=8)
+    student = RoutedStudent.from_teacher(teacher, None, router_dim=STATIC_ROUTER_DIM)
     with torch.no_grad():
         student.router.gate.weight.zero_()
         student.router.gate.bias.copy_(torch.tensor([20.0 if l in keep_set else -20.0 for l in range(teacher.num_layers)]))

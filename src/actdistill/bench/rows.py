@@ -17,7 +17,8 @@ from typing import Callable
 import torch
 
 from actdistill.artifacts import atomic_write_json, hash_json, make_header, read_json, write_header
-from actdistill.bench.baselines import layer_input_similarity, static_prune_student, task_loss, train_router_kd
+from actdistill.bench.baselines import (STATIC_ROUTER_DIM, layer_input_similarity, static_prune_student, task_loss,
+                                        train_router_kd)
 from actdistill.bench.flops import train_step_flops
 from actdistill.config import BenchConfig, RunConfig, TeacherConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
@@ -171,7 +172,7 @@ def static_prune_row(bench: Bench, rho: float, k: int, frac: float) -> None:
         train_loop(model=student, dataset=bench.data, cfg=ft_cfg, out_dir=folder, stage="static-prune",
                    loss_fn=lambda m, b, s: task_loss(m, b), identity={"key": key, "teacher": bench.teacher_hash},
                    progress=bench.progress)
-        return {**save_student(student.eval(), folder, bench.teacher.config.to_dict(), 8, rho, list(bench.tasks), key,
+        return {**save_student(student.eval(), folder, bench.teacher.config.to_dict(), STATIC_ROUTER_DIM, rho, list(bench.tasks), key,
                                {"teacher": bench.teacher_hash},
                                {"kept_layers": sorted(torch.argsort(similarity)[:keep].tolist())}),
                 "seconds": round(time.time() - t0, 1)}

@@ -239,7 +239,7 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     methods: dict[str, list] = {}
     for r in rows:
-        methods.setdefault(r["name"].split("-rho")[0], []).append(r)
+        methods.setdefault(r.get("method", r["name"]), []).append(r)
     for m, rs in methods.items():
         rs = sorted(rs, key=lambda r: r["policy_gflops"])
         ax.plot([r["policy_gflops"] for r in rs], [r["success_mean"] for r in rs], marker="o", label=m)
