@@ -100,3 +100,22 @@ def test_content_hash_follows_the_demos_not_the_file(tmp_path):
         f["data/demo_0/actions"][0, 0] += 0.5
     with pytest.raises(ArtifactError, match="changed after collection"):
         read_demos(paths[0])
+
+
+def test_a_dataset_of_other_sizes_needs_a_model_of_those_sizes(tmp_path):
+    from actdistill.config import ConfigError
+    from actdistill.teacher import train_teacher
+    from tests.conftest import tiny_teacher_config
+
+    rng = np.random.default_rng(0)
+    demo = Demo(task="reach-v3", instruction="reach the red goal", placement_seed=1,
+                images=rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8),
+                states=rng.normal(size=(6, 9)).astype(np.float32), actions=rng.uniform(-1, 1, (6, 6)).astype(np.float32))
+    w = DemoWriter(tmp_path / "d.hdf5", header={"stage": "collect"}, env_args={"image_size": 32, "tasks": ["reach-v3"]})
+    w.add(demo)
+    w.close()
+    with pytest.raises(ConfigError, match="9-dimensional states and 6-dimensional actions"):
+        train_teacher(tiny_teacher_config(steps=2), tmp_path / "d.hdf5", tmp_path / "t", progress=False)
+    cfg = tiny_teacher_config(steps=2, state_dim=9, action_dim=6)
+    s = train_teacher(cfg, tmp_path / "d.hdf5", tmp_path / "t2", progress=False)
+    assert s["steps"] == 2

@@ -132,3 +132,24 @@ def test_router_kd_needs_a_regression_head():
     student = RoutedStudent.from_teacher(teacher, None, router_dim=8)
     with pytest.raises(ValueError, match="regression head"):
         router_kd_loss(student, teacher, _labelled(cfg), DistillConfig())
+
+
+@pytest.mark.parametrize("family", ["regression", "diffusion", "discrete"])
+def test_state_and_action_sizes_come_from_the_config(family):
+    """Another robot: 9 state values and 6 action values, for every head family (and the probes follow)."""
+    from actdistill.models.vla import ReferenceVLA
+    from actdistill.probe.stage import build_probes
+    from actdistill.config import ProbeConfig
+    from tests.conftest import tiny_model_config
+
+    torch.manual_seed(0)
+    vla = ReferenceVLA(tiny_model_config(state_dim=9, action_dim=6, action_head=family)).eval()
+    b = 3
+    batch = {"observation.image": torch.randint(0, 255, (b, 32, 32, 3), dtype=torch.uint8),
+             "observation.state": torch.randn(b, 9), "observation.language": torch.randn(b, 384)}
+    with torch.no_grad():
+        assert vla.predict(batch).shape == (b, vla.config.chunk_size, 6)
+    probes = build_probes(ProbeConfig(semantic_dim=8, graph_dim=8, affinity_dim=4, k=2, heads=1), vla)
+    with torch.no_grad():
+        _, actions = probes(vla.backbone(vla.embed(batch), return_hidden=True)[1])
+    assert actions.shape[-1] == 6 and vla.state_dim == 9

@@ -240,6 +240,37 @@ def build_parser() -> argparse.ArgumentParser:
         "(and `run` for all of them)."))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_data_commands(sub)
+    _add_method_commands(sub)
+    _add_pipeline_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    # The command line is an application: it may choose the renderer for itself (EGL: offscreen, on the CPU)
+    # before any stage imports mujoco. Library code never sets the environment.
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    args = build_parser().parse_args(argv)
+    if getattr(args, "no_progress", False):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # also the weight-loading bars of the language encoder
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch only rank 0 prints the summary
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    try:
+        args.func(args)
+    except USER_ERRORS as err:
+        print(f"actdistill: error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"actdistill: error: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
+
+def _add_data_commands(sub) -> None:
+    """collect, train-teacher, evaluate: the data, the teacher and closed-loop evaluation."""
     c = sub.add_parser("collect", help="scripted Meta-World experts write demonstrations (HDF5, robomimic layout).",
                        description="Run the MT10 scripted experts on seeded placements and keep the successful episodes.")
     c.add_argument("--out", required=True, help="output folder (writes demos.hdf5, config.json, header.json).")
@@ -281,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e)
     e.set_defaults(func=cmd_evaluate)
 
+
+def _add_method_commands(sub) -> None:
+    """probe, distill, export: the ActDistill stages."""
     pr = sub.add_parser("probe", help="train per-layer graph extractors + action probes on the frozen teacher; write the teacher cache.",
                         description="Graph-structured encapsulation of the teacher (ActDistill Sec. 3.2).")
     pr.add_argument("--teacher", required=True, help="teacher folder from `actdistill train-teacher`.")
@@ -318,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(x)
     x.set_defaults(func=cmd_export)
 
+
+def _add_pipeline_commands(sub) -> None:
+    """bench, ablate, run: whole pipelines over the stages."""
     bn = sub.add_parser("bench", help="teacher, ActDistill students and baselines at the same budgets: success, FLOPs, latency.",
                         description="Benchmark on a finished `actdistill run` folder; finished rows are reused by fingerprint.")
     bn.add_argument("--run", required=True, help="folder of a finished `actdistill run` (runs/default).")
@@ -348,29 +385,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default runs/default, or runs/quick with --quick).")
     _common(r)
     r.set_defaults(func=cmd_run)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    # The command line is an application: it may choose the renderer for itself (EGL: offscreen, on the CPU)
-    # before any stage imports mujoco. Library code never sets the environment.
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    args = build_parser().parse_args(argv)
-    if getattr(args, "no_progress", False):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # also the weight-loading bars of the language encoder
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch only rank 0 prints the summary
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-    try:
-        args.func(args)
-    except USER_ERRORS as err:
-        print(f"actdistill: error: {err}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as err:
-        print(f"actdistill: error: {err}", file=sys.stderr)
-        return 3
-    return 0
 
 
 if __name__ == "__main__":

@@ -204,11 +204,15 @@ class ModelConfig(_Base):
     ddim_steps: int = 10  # DDIM sampling steps at inference (diffusion head)
     action_bins: int = 256  # uniform bins per action dimension over [-1, 1] (discrete head)
 
-    _LATER_FIELDS = ("decoder", "sliding_window", "action_head", "diffusion_steps", "ddim_steps", "action_bins")
+    state_dim: int = 7  # from the suite (Meta-World: hand xyz, gripper opening, goal xyz)
+    action_dim: int = 4  # from the suite (Meta-World: end-effector xyz delta, gripper)
+    _LATER_FIELDS = ("decoder", "sliding_window", "action_head", "diffusion_steps", "ddim_steps", "action_bins",
+                     "state_dim", "action_dim")
 
     def __post_init__(self) -> None:
         _positive(self, "image_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-                  "patch_size", "lang_dim", "num_lang_tokens", "chunk_size", "num_query_tokens", "n_action_steps")
+                  "patch_size", "lang_dim", "num_lang_tokens", "chunk_size", "num_query_tokens", "n_action_steps",
+                  "state_dim", "action_dim")
         _check(self.patch_size in (4, 8, 16), f"ModelConfig.patch_size must be 4, 8 or 16, got {self.patch_size}.")
         _check(self.image_size % self.patch_size == 0,
                f"ModelConfig.image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size}).")

@@ -43,7 +43,7 @@ class EarlyExitPolicy(PolicyMixin, nn.Module):
         h = self.teacher.embed(batch)
         b, L = h.shape[0], self.teacher.num_layers
         ctx = bb.context(h)
-        action = torch.zeros(b, self.teacher.config.chunk_size, 4)
+        action = torch.zeros(b, self.teacher.config.chunk_size, self.teacher.config.action_dim)
         mask = torch.zeros(b, L, dtype=torch.bool)
         live = torch.arange(b)
         prev = None
@@ -51,7 +51,7 @@ class EarlyExitPolicy(PolicyMixin, nn.Module):
             h_live = bb.layer(l, h[live], ctx.rows(live))
             h = h.index_copy(0, live, h_live)
             mask[live, l] = True
-            a = self.probes.probes[l](self.probes.extractors[l](h_live))  # (B_live, chunk, 4)
+            a = self.probes.probes[l](self.probes.extractors[l](h_live))  # (B_live, chunk, A)
             if l == L - 1:
                 action[live] = self.teacher.action_head(bb.norm(h_live))
                 break

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from actdistill.artifacts import atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, save_figure, write_header
-from actdistill.config import EvalConfig, RunConfig, SimConfig
+from actdistill.config import ConfigError, EvalConfig, RunConfig, SimConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
 from actdistill.provenance import provenance, reference_results_path, reproduction_check, version_changes
 from actdistill.sim import get_suite
@@ -74,6 +74,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     from actdistill.probe.stage import run_probe
     from actdistill.teacher import train_teacher
 
+    check_suite_sizes(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / CONFIG_FILE, cfg.to_dict())
@@ -145,6 +146,14 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     return {"stages": st.rows, "rows": rows, "results": str(out / "mt10.json"), "layer_usage": usage_md, "cost": cost,
             "heatmap": str(out / f"eval-{name}" / "layer_usage.png"), "wall_seconds": round(time.time() - t_start, 1),
             "notices": st.notices, "reproduction": compare_with_reference(results, reference_results_path())}
+
+
+def check_suite_sizes(cfg: RunConfig) -> None:
+    """The teacher's state and action sizes are the suite's (one sentence, before any work, if not)."""
+    suite = get_suite(cfg.collect.sim.suite)
+    if (cfg.teacher.model.state_dim, cfg.teacher.model.action_dim) != (suite.state_dim, suite.action_dim):
+        raise ConfigError(f"The {suite.name} suite has {suite.state_dim}-dimensional states and {suite.action_dim}-dimensional "
+                          f"actions; set teacher.model.state_dim={suite.state_dim} and action_dim={suite.action_dim}.")
 
 
 def compare_with_reference(results: dict, path: Path) -> dict:

@@ -25,6 +25,11 @@ def train_teacher(cfg: TeacherConfig, dataset_path: Path, out_dir: Path, progres
     if size != cfg.model.image_size:
         raise ConfigError(f"The dataset has {size}x{size} images but teacher.model.image_size is "
                           f"{cfg.model.image_size}; set it to {size}.")
+    s_dim, a_dim = demos.demos[0].states.shape[1], demos.demos[0].actions.shape[1]
+    if (s_dim, a_dim) != (cfg.model.state_dim, cfg.model.action_dim):
+        raise ConfigError(f"The dataset has {s_dim}-dimensional states and {a_dim}-dimensional actions but the model "
+                          f"expects {cfg.model.state_dim} and {cfg.model.action_dim}; set teacher.model.state_dim={s_dim} "
+                          f"and teacher.model.action_dim={a_dim}.")
     tasks = tuple(demos.env_args.get("tasks") or demos.tasks)
     data = FrameDataset(demos, cfg.model.chunk_size, tasks)
     torch.manual_seed(cfg.train.seed)

@@ -9,6 +9,10 @@ Checkpoints are complete or absent: each is written into its own folder
 `ckpt/step-NNNNNNN/` (every file atomically), and only then does `ckpt/latest.json`
 (itself replaced atomically) point to it; the previous checkpoint is deleted after
 that. A kill at any moment leaves `latest.json` naming a whole checkpoint.
+
+`train_loop` is longer than the package's 80-line rule on purpose: the order in which it seeds, resumes, draws
+each step's batch and augmentation, steps, checks for non-finite values and checkpoints is what makes a resumed
+run bitwise the uninterrupted one, and it reads best as one sequence.
 """
 
 from __future__ import annotations

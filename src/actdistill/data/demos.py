@@ -26,8 +26,9 @@ class Demo:
             raise ValueError(f"Demo of {self.task} (seed {self.placement_seed}) is empty.")
         if self.images.ndim != 4 or self.images.shape[0] != t or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
             raise ValueError(f"Demo images must be (T, H, W, 3) uint8 with T={t}, got {self.images.shape} {self.images.dtype}.")
-        if self.states.shape != (t, STATE_DIM) or self.actions.shape != (t, ACTION_DIM):
-            raise ValueError(f"Demo states/actions must be ({t}, {STATE_DIM}) and ({t}, {ACTION_DIM}), got {self.states.shape} and {self.actions.shape}.")
+        if self.states.ndim != 2 or self.actions.ndim != 2 or len(self.states) != t or 0 in self.states.shape[1:] + self.actions.shape[1:]:
+            raise ValueError(f"Demo states/actions must be (T, S) and (T, A) with T={t} (Meta-World: S={STATE_DIM}, "
+                             f"A={ACTION_DIM}), got {self.states.shape} and {self.actions.shape}.")
         if not self.instruction:
             raise ValueError(f"Demo of {self.task} (seed {self.placement_seed}) has no instruction.")
 

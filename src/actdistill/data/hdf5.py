@@ -132,6 +132,9 @@ def read_demos(path: Path, image_key: str = "obs/image", state_key: str = "obs/s
             if not (np.isfinite(demo.states).all() and np.isfinite(demo.actions).all()):
                 raise ArtifactError(f"{path}:{name} contains NaN or infinite states or actions; remove the demo or collect again.")
             demos.append(demo)
+    dims = {(d.states.shape[1], d.actions.shape[1]) for d in demos}
+    if len(dims) > 1:
+        raise ArtifactError(f"Dataset {path} mixes state/action sizes {sorted(dims)}; every demo needs the same sizes.")
     digest = content_hash(demos)
     if stored_hash is not None and stored_hash != digest:
         raise ArtifactError(f"Dataset {path} does not hold the demos it was written with (content hash {digest}, recorded "

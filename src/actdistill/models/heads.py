@@ -44,12 +44,12 @@ class RegressionHead(nn.Linear):
 
     family = "regression"
 
-    def __init__(self, cond_dim: int, chunk: int):
-        super().__init__(cond_dim, chunk * ACTION_DIM)
-        self.chunk = chunk
+    def __init__(self, cond_dim: int, chunk: int, action_dim: int = ACTION_DIM):
+        super().__init__(cond_dim, chunk * action_dim)
+        self.chunk, self.action_dim = chunk, action_dim
 
     def decode(self, cond: torch.Tensor) -> torch.Tensor:
-        return self(cond).view(-1, self.chunk, ACTION_DIM)
+        return self(cond).view(-1, self.chunk, self.action_dim)
 
     def loss(self, cond: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
         return action_loss(self.decode(cond), target, pad)
@@ -68,12 +68,13 @@ class DiffusionHead(nn.Module):
 
     family = "diffusion"
 
-    def __init__(self, cond_dim: int, chunk: int, hidden: int = 256, train_steps: int = 100, ddim_steps: int = 10):
+    def __init__(self, cond_dim: int, chunk: int, hidden: int = 256, train_steps: int = 100, ddim_steps: int = 10,
+                 action_dim: int = ACTION_DIM):
         super().__init__()
         from diffusers import DDIMScheduler, DDPMScheduler
 
-        self.chunk, self.time_dim, self.ddim_steps = chunk, 64, ddim_steps
-        n = chunk * ACTION_DIM
+        self.chunk, self.time_dim, self.ddim_steps, self.action_dim = chunk, 64, ddim_steps, action_dim
+        n = chunk * action_dim
         self.cond = nn.Sequential(nn.Linear(cond_dim, hidden), nn.SiLU())
         self.time = nn.Sequential(nn.Linear(self.time_dim, hidden), nn.SiLU())
         self.denoiser = nn.Sequential(nn.Linear(n + 2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
@@ -97,7 +98,7 @@ class DiffusionHead(nn.Module):
 
     def decode(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         c = self.cond(cond)
-        x = torch.randn(cond.shape[0], self.chunk, ACTION_DIM, device=cond.device, generator=generator)
+        x = torch.randn(cond.shape[0], self.chunk, self.action_dim, device=cond.device, generator=generator)
         self.sampler.set_timesteps(self.ddim_steps, device=cond.device)
         for t in self.sampler.timesteps:
             eps = self.eps(x, t.expand(x.shape[0]), c)
@@ -110,14 +111,14 @@ class DiscreteHead(nn.Module):
 
     family = "discrete"
 
-    def __init__(self, cond_dim: int, chunk: int, bins: int = 256, token_dim: int = 64):
+    def __init__(self, cond_dim: int, chunk: int, bins: int = 256, token_dim: int = 64, action_dim: int = ACTION_DIM):
         super().__init__()
-        self.chunk, self.bins, self.token_dim = chunk, bins, token_dim
-        self.positions = nn.Linear(cond_dim, chunk * ACTION_DIM * token_dim)  # one embedding per action token
+        self.chunk, self.bins, self.token_dim, self.action_dim = chunk, bins, token_dim, action_dim
+        self.positions = nn.Linear(cond_dim, chunk * action_dim * token_dim)  # one embedding per action token
         self.vocab = nn.Linear(token_dim, bins)  # shared over positions, like an LM head over the bin tokens
 
     def logits(self, cond: torch.Tensor) -> torch.Tensor:
-        tokens = F.gelu(self.positions(cond)).view(-1, self.chunk, ACTION_DIM, self.token_dim)
+        tokens = F.gelu(self.positions(cond)).view(-1, self.chunk, self.action_dim, self.token_dim)
         return self.vocab(tokens)  # (B, chunk, A, bins)
 
     def to_bins(self, actions: torch.Tensor) -> torch.Tensor:
@@ -136,13 +137,13 @@ class DiscreteHead(nn.Module):
 
 
 def build_head(family: str, cond_dim: int, chunk: int, *, hidden: int = 256, train_steps: int = 100, ddim_steps: int = 10,
-               bins: int = 256) -> nn.Module:
+               bins: int = 256, action_dim: int = ACTION_DIM) -> nn.Module:
     if family == "regression":
-        return RegressionHead(cond_dim, chunk)
+        return RegressionHead(cond_dim, chunk, action_dim)
     if family == "diffusion":
-        return DiffusionHead(cond_dim, chunk, hidden, train_steps, ddim_steps)
+        return DiffusionHead(cond_dim, chunk, hidden, train_steps, ddim_steps, action_dim)
     if family == "discrete":
-        return DiscreteHead(cond_dim, chunk, bins)
+        return DiscreteHead(cond_dim, chunk, bins, action_dim=action_dim)
     raise ValueError(f"Unknown action head {family!r}; choose one of {', '.join(HEADS)}.")
 
 

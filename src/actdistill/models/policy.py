@@ -25,6 +25,15 @@ class PolicyMixin:
     image_size: int
     n_action_steps: int
 
+    @property
+    def state_dim(self) -> int:
+        """State values per observation: the size of the state statistics the model (or the model it wraps) keeps."""
+        for m in (self, getattr(self, "vla", None), getattr(self, "teacher", None)):
+            stats = getattr(m, "state_mean", None) if m is not None else None
+            if isinstance(stats, torch.Tensor):
+                return stats.numel()
+        return STATE_DIM
+
     def reset(self) -> None:
         self._queue: deque = deque()
         self._last_layer_mask: torch.Tensor | None = None
@@ -46,12 +55,13 @@ class PolicyMixin:
                 state = np.asarray(observation[OBS_STATE], dtype=np.float32)
         except (TypeError, ValueError) as err:
             raise ObservationError(f"The state is not an array of numbers ({err}).") from err
-        if state.size != img.shape[0] * STATE_DIM:
-            raise ObservationError(f"State has {state.size} values for {img.shape[0]} image(s); the policy needs {STATE_DIM} "
-                                   "per image (hand xyz, gripper, goal xyz).")
+        state_dim = self.state_dim
+        if state.size != img.shape[0] * state_dim:
+            raise ObservationError(f"State has {state.size} values for {img.shape[0]} image(s); the policy needs {state_dim} "
+                                   "per image (on Meta-World: hand xyz, gripper, goal xyz).")
         if not np.isfinite(state).all():
             raise ObservationError("The state contains NaN or infinite values.")
-        state = torch.from_numpy(state.reshape(img.shape[0], STATE_DIM))
+        state = torch.from_numpy(state.reshape(img.shape[0], state_dim))
         tasks = observation[TASK]
         tasks = [tasks] if isinstance(tasks, str) else list(tasks)
         if len(tasks) != img.shape[0]:

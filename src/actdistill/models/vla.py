@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from actdistill.config import ModelConfig
-from actdistill.constants import ACTION, ACTION_PAD, OBS_IMAGE, OBS_LANG, OBS_STATE, STATE_DIM
+from actdistill.constants import ACTION, ACTION_PAD, OBS_IMAGE, OBS_LANG, OBS_STATE
 from actdistill.models.backbone import DecoderBackbone
 from actdistill.models.heads import action_loss, build_head
 from actdistill.models.policy import PolicyMixin
@@ -53,16 +53,17 @@ class ReferenceVLA(PolicyMixin, nn.Module):
         d = config.hidden_size
         self.vision = ConvPatchEncoder(config.image_size, config.patch_size, d)
         self.lang_proj = nn.Linear(config.lang_dim, config.num_lang_tokens * d)
-        self.state_proj = nn.Linear(STATE_DIM, d)
+        self.state_proj = nn.Linear(config.state_dim, d)
         self.queries = nn.Parameter(torch.randn(1, config.num_query_tokens, d) * 0.02)
         self.backbone = DecoderBackbone.build(config.decoder, d, config.num_layers, config.num_heads, config.num_kv_heads,
                                               config.intermediate_size, config.seq_len, config.attn_implementation,
                                               config.sliding_window or None)
         self.head = build_head(config.action_head, config.num_query_tokens * d, config.chunk_size,
-                               train_steps=config.diffusion_steps, ddim_steps=config.ddim_steps, bins=config.action_bins)
+                               train_steps=config.diffusion_steps, ddim_steps=config.ddim_steps, bins=config.action_bins,
+                               action_dim=config.action_dim)
         # Dataset statistics of the state, set by the trainer and saved with the weights.
-        self.register_buffer("state_mean", torch.zeros(STATE_DIM))
-        self.register_buffer("state_std", torch.ones(STATE_DIM))
+        self.register_buffer("state_mean", torch.zeros(config.state_dim))
+        self.register_buffer("state_std", torch.ones(config.state_dim))
         self.reset()
 
     @property

@@ -8,7 +8,7 @@ For the hidden states H (B, N, D) after decoder layer l:
      e_ij = LeakyReLU_0.2(a . [W h_i ; W h_j]) and message weight proportional to w_ij * exp(e_ij),
      normalised over node i's incoming edges, i.e. softmax_j(e_ij + log w_ij);
   3. attention pooling over nodes, then an MLP to the semantic vector z_l (B, d_s).
-The action probe P_l maps z_l to an action chunk (B, chunk, 4). Everything is batched: no loop over samples.
+The action probe P_l maps z_l to an action chunk (B, chunk, A). Everything is batched: no loop over samples.
 """
 
 from __future__ import annotations
@@ -100,21 +100,22 @@ class ActionProbe(nn.Module):
         self.net = nn.Sequential(nn.Linear(semantic_dim, hidden), nn.GELU(), nn.Linear(hidden, chunk_size * action_dim))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(-1, self.chunk_size, self.action_dim)  # (B, chunk, 4)
+        return self.net(z).view(-1, self.chunk_size, self.action_dim)  # (B, chunk, A)
 
 
 class LayerProbes(nn.Module):
     """E_l and P_l for every decoder layer l."""
 
     def __init__(self, num_layers: int, hidden_size: int, chunk_size: int, semantic_dim: int = 128, graph_dim: int = 64,
-                 affinity_dim: int = 32, k: int = 8, heads: int = 4):
+                 affinity_dim: int = 32, k: int = 8, heads: int = 4, action_dim: int = 4):
         super().__init__()
         self.extractors = nn.ModuleList(GraphSemanticExtractor(hidden_size, semantic_dim, graph_dim, affinity_dim, k, heads)
                                         for _ in range(num_layers))
-        self.probes = nn.ModuleList(ActionProbe(semantic_dim, chunk_size, hidden=graph_dim) for _ in range(num_layers))
+        self.probes = nn.ModuleList(ActionProbe(semantic_dim, chunk_size, action_dim, hidden=graph_dim)
+                                    for _ in range(num_layers))
 
     def forward(self, hidden: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden: L x (B, N, D) -> semantic (B, L, d_s), probe actions (B, L, chunk, 4)."""
+        """hidden: L x (B, N, D) -> semantic (B, L, d_s), probe actions (B, L, chunk, A)."""
         z = [e(h) for e, h in zip(self.extractors, hidden)]
         a = [p(zl) for p, zl in zip(self.probes, z)]
         return torch.stack(z, 1), torch.stack(a, 1)

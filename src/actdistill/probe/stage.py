@@ -17,7 +17,7 @@ from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_wri
                                   load_tensors, make_header, read_header, read_json, save_figure, write_header)
 from actdistill.cache import CACHE_FILE, TeacherCache
 from actdistill.config import ProbeConfig
-from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE
+from actdistill.constants import ACTION, ACTION_DIM, ACTION_PAD, CONFIG_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
 from actdistill.models.heads import action_loss
@@ -29,8 +29,9 @@ PROBES_FILE = "probes.safetensors"
 
 
 def build_probes(cfg: ProbeConfig, teacher) -> LayerProbes:
+    action_dim = getattr(getattr(teacher, "config", None), "action_dim", ACTION_DIM)  # a contract model may not say
     return LayerProbes(teacher.num_layers, teacher.hidden_size, teacher.chunk_size, cfg.semantic_dim, cfg.graph_dim,
-                       cfg.affinity_dim, cfg.k, cfg.heads)
+                       cfg.affinity_dim, cfg.k, cfg.heads, action_dim=action_dim)
 
 
 def teacher_hidden(teacher, batch: dict) -> list[torch.Tensor]:
