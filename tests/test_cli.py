@@ -68,6 +68,11 @@ def test_tiny_end_to_end_run_through_the_cli(tiny_run):
     assert student["name"] == "actdistill-rho0.5" and 0.0 <= student["layers_executed_frac"] <= 1.0
     assert set(student["layer_usage_per_task"]) == {"reach-v3", "drawer-close-v3"}
     assert "layer usage of the student per task" in proc.stdout
+    d = res["student_minus_teacher"]  # paired over the same placements
+    assert d[1] <= d[0] <= d[2] and len(res["dataset_content_hash"]) == 16
+    from actdistill.provenance import check_provenance
+    check_provenance(res["provenance"], "the run's mt10.json")
+    assert "reproduction check: not compared" in proc.stdout  # another config than the committed run
     assert (tmp_path / "run" / "eval-actdistill-rho0.5" / "layer_usage.png").stat().st_size > 1000
     exported = load_file(str(tmp_path / "run" / "student-rho0.5" / "model.safetensors"))
     export_summary = json.loads((tmp_path / "run" / "student-rho0.5" / "header.json").read_text())["summary"]

@@ -38,6 +38,17 @@ def wilson_ci(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def paired_bootstrap(a: dict[str, list[int]], b: dict[str, list[int]], samples: int, seed: int = 0) -> list[float]:
+    """Mean over tasks of (a - b) success with a 95% CI, resampling episodes (placements) within each task."""
+    rng = np.random.default_rng(seed)
+    tasks = list(a)
+    diffs = [np.asarray(a[t], float) - np.asarray(b[t], float) for t in tasks]
+    point = float(np.mean([d.mean() for d in diffs]))
+    boots = np.mean([d[rng.integers(0, len(d), (samples, len(d)))].mean(1) for d in diffs], axis=0)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return [point, float(lo), float(hi)]
+
+
 _WORKER: dict[str, Any] = {}
 
 

@@ -133,19 +133,28 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
                   lambda s: str(out / f"eval-{name}" / RESULTS_FILE))
 
     cost = measure_cost(teacher_dir, export_dir, data_path)
-    ev_s["row"].update(decoder_gflops=round(cost["student_decoder_gflops"], 5), policy_gflops=round(cost["student_policy_gflops"], 5),
-                       latency_ms_median=round(cost["student_latency_ms"], 3), speedup=round(cost["speedup"], 3),
-                       ideal_speedup=round(cost["ideal_speedup"], 3))
-    ev_t["row"].update(decoder_gflops=round(cost["teacher_decoder_gflops"], 5), policy_gflops=round(cost["teacher_policy_gflops"], 5),
-                       latency_ms_median=round(cost["teacher_latency_ms"], 3), layers_executed_frac=1.0)
-    rows = [ev_t["row"], ev_s["row"]]
-    usage_md = layer_usage_report(ev_s["row"], out / f"eval-{name}")
-    results = {"benchmark": get_suite(cfg.collect.sim.suite).name, "config": cfg.to_dict(), "provenance": st.now, "dataset_content_hash": content,
-               "rows": rows, "stage_seconds": {s["stage"]: s["seconds"] for s in st.rows}, "reused_across_versions": st.notices}
+    results = run_results(cfg, st, ev_t["row"], ev_s["row"], cost, content)
     atomic_write_json(out / "mt10.json", results)
-    return {"stages": st.rows, "rows": rows, "results": str(out / "mt10.json"), "layer_usage": usage_md, "cost": cost,
+    return {"stages": st.rows, "rows": results["rows"], "results": str(out / "mt10.json"), "cost": cost,
+            "layer_usage": layer_usage_report(ev_s["row"], out / f"eval-{name}"),
             "heatmap": str(out / f"eval-{name}" / "layer_usage.png"), "wall_seconds": round(time.time() - t_start, 1),
             "notices": st.notices, "reproduction": compare_with_reference(results, reference_results_path())}
+
+
+def run_results(cfg: RunConfig, st: StageRunner, teacher: dict, student: dict, cost: dict, content: str) -> dict:
+    """The run's results file: teacher and student rows with their cost columns, the paired student - teacher
+    difference (10,000 bootstrap resamples of the same placements), provenance and the dataset's content hash."""
+    from actdistill.evaluate import paired_bootstrap
+
+    student.update(decoder_gflops=round(cost["student_decoder_gflops"], 5), policy_gflops=round(cost["student_policy_gflops"], 5),
+                   latency_ms_median=round(cost["student_latency_ms"], 3), speedup=round(cost["speedup"], 3),
+                   ideal_speedup=round(cost["ideal_speedup"], 3))
+    teacher.update(decoder_gflops=round(cost["teacher_decoder_gflops"], 5), policy_gflops=round(cost["teacher_policy_gflops"], 5),
+                   latency_ms_median=round(cost["teacher_latency_ms"], 3), layers_executed_frac=1.0)
+    diff = paired_bootstrap(student["per_episode_success"], teacher["per_episode_success"], 10_000)
+    return {"benchmark": get_suite(cfg.collect.sim.suite).name, "config": cfg.to_dict(), "provenance": st.now,
+            "dataset_content_hash": content, "student_minus_teacher": diff, "rows": [teacher, student],
+            "stage_seconds": {s["stage"]: s["seconds"] for s in st.rows}, "reused_across_versions": st.notices}
 
 
 def check_suite_sizes(cfg: RunConfig) -> None:

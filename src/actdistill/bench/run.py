@@ -18,6 +18,7 @@ import torch
 
 from actdistill.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, save_figure
 from actdistill.config import BenchConfig, RunConfig
+from actdistill.evaluate import paired_bootstrap
 from actdistill.provenance import check_provenance, provenance
 from actdistill.sim import get_suite
 
@@ -56,17 +57,6 @@ def check_bench_results(results: dict) -> None:
         d = r.get("delta_vs_actdistill")
         if d and not d[1] - _TOL <= d[0] <= d[2] + _TOL:
             raise ArtifactError(f"bench row '{name}' has a paired-difference CI that does not bracket its mean.")
-
-
-def paired_bootstrap(a: dict[str, list[int]], b: dict[str, list[int]], samples: int, seed: int = 0) -> list[float]:
-    """Mean over tasks of (a - b) success with a 95% CI, resampling episodes (placements) within each task."""
-    rng = np.random.default_rng(seed)
-    tasks = list(a)
-    diffs = [np.asarray(a[t], float) - np.asarray(b[t], float) for t in tasks]
-    point = float(np.mean([d.mean() for d in diffs]))
-    boots = np.mean([d[rng.integers(0, len(d), (samples, len(d)))].mean(1) for d in diffs], axis=0)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return [point, float(lo), float(hi)]
 
 
 def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
