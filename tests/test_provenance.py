@@ -16,7 +16,7 @@ from actdistill.provenance import (KEY_PACKAGES, check_provenance, provenance, r
 
 ROOT = Path(__file__).resolve().parents[1]
 # Results committed before provenance was recorded (session 6 and earlier); every other file must carry it.
-LEGACY_RESULTS = {"mt10.json", "mt10_run.json", "mt10_run_diffusion.json", "mt10_run_discrete_teacher.json",
+LEGACY_RESULTS = {"mt10.json", "mt10_run_session3.json", "mt10_run_diffusion.json", "mt10_run_discrete_teacher.json",
                   "mt10_gpu_latency_h200.json"}
 
 
@@ -63,8 +63,8 @@ def _row(name, mean, lo, hi):
 
 
 def test_reproduction_check_compares_within_the_reference_ci():
-    config = {"out": "runs/x", "seed": 0}
-    ref = {"config": {**config, "out": "runs/default"}, "provenance": provenance(), "dataset_content_hash": "abc",
+    config = {"out": "runs/x", "seed": 0, "tasks": ("a", "b")}  # in memory a tuple, in the committed JSON a list
+    ref = {"config": {**config, "out": "runs/default", "tasks": ["a", "b"]}, "provenance": provenance(), "dataset_content_hash": "abc",
            "rows": [_row("teacher", 0.74, 0.68, 0.80), _row("student", 0.715, 0.65, 0.77)]}
     rep = reproduction_check([_row("teacher", 0.70, 0, 1), _row("student", 0.63, 0, 1)], "abc", config, ref)
     assert rep["comparable"] and rep["dataset_match"] is True

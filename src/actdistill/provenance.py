@@ -8,6 +8,7 @@ fingerprint; `reproduction_check` compares a run's rows with committed ones.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -132,7 +133,8 @@ def reproduction_check(rows: list[dict], dataset_hash: str, config: Mapping[str,
     "dataset_match": bool | None}.
     """
     def run_settings(c: Mapping[str, Any]) -> dict:  # the output folder does not change a number
-        return {k: v for k, v in dict(c).items() if k != "out"}
+        as_json = json.loads(json.dumps(dict(c)))  # tuples in memory are lists in the committed file
+        return {k: v for k, v in as_json.items() if k != "out"}
 
     if run_settings(reference.get("config", {})) != run_settings(config):
         return {"comparable": False, "reason": "the reference was made with another config", "rows": [], "dataset_match": None}
