@@ -13,7 +13,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 MT10_TASKS: tuple[str, ...] = (
     "reach-v3",
@@ -415,6 +415,37 @@ class BenchConfig(_Base):
         """A smoke run of every row at one budget: few episodes, short timings, a tenth of the scratch compute."""
         return cls(actdistill_budgets=(0.5,), baseline_budgets=(0.5,), eval=EvalConfig(episodes_per_task=3, max_steps=200),
                    scratch_compute_scale=0.1, latency_repeats=10, latency_frames=8, bootstrap_samples=500)
+
+
+@dataclass
+class StudentConfig(_Base):
+    """The `config.json` of an exported routed student (`actdistill export`, routed baselines, `export_student`)."""
+
+    model: Optional[ModelConfig] = None  # the reference VLA's config; None: a model of your own (`model_class`)
+    model_class: str = ""  # module.QualifiedName of the wrapped model, for the message that asks for an instance
+    router_dim: int = 64
+    tau: float = 0.5
+    rho: float = 0.5
+    tasks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.tasks = tuple(self.tasks)
+        _positive(self, "router_dim")
+        _check(0.0 < self.tau < 1.0, f"StudentConfig.tau must be in (0, 1), got {self.tau}.")
+        _check(0.0 < self.rho <= 1.0, f"StudentConfig.rho must be in (0, 1], got {self.rho}.")
+
+
+@dataclass
+class EarlyExitConfig(_Base):
+    """The `config.json` of an early-exit policy: the teacher and probe folders it runs, and its exit threshold."""
+
+    teacher: str = ""
+    probe: str = ""
+    threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(bool(self.teacher) and bool(self.probe), "EarlyExitConfig needs the teacher and probe folders.")
+        _check(self.threshold >= 0, "EarlyExitConfig.threshold must be >= 0.")
 
 
 @dataclass

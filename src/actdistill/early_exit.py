@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from actdistill.artifacts import load_tensors, read_json
-from actdistill.config import ProbeConfig
+from actdistill.artifacts import atomic_write_json, load_tensors, read_json
+from actdistill.config import EarlyExitConfig, ProbeConfig
+from actdistill.constants import CONFIG_FILE
 from actdistill.models.policy import PolicyMixin
 from actdistill.models.vla import ReferenceVLA
 from actdistill.probe.graph import LayerProbes
@@ -95,8 +96,13 @@ def choose_exit_threshold(policy: EarlyExitPolicy, data, target_frac: float, cou
 
 def load_early_exit(folder) -> EarlyExitPolicy:
     """An early-exit policy artifact: the teacher, its trained per-layer probes and the exit threshold."""
-    cfg = read_json(Path(folder) / "config.json", "the early-exit config")
-    teacher, _ = load_teacher(Path(cfg["teacher"]))
-    probes = build_probes(ProbeConfig.from_dict(read_json(Path(cfg["probe"]) / "config.json", "the probe config")), teacher)
-    probes.load_state_dict(load_tensors(Path(cfg["probe"]) / PROBES_FILE, "the probe weights"))
-    return EarlyExitPolicy(teacher, probes.eval(), cfg["threshold"]).eval()
+    cfg = EarlyExitConfig.from_dict(read_json(Path(folder) / CONFIG_FILE, "the early-exit config"))
+    teacher, _ = load_teacher(Path(cfg.teacher))
+    probes = build_probes(ProbeConfig.from_dict(read_json(Path(cfg.probe) / CONFIG_FILE, "the probe config")), teacher)
+    probes.load_state_dict(load_tensors(Path(cfg.probe) / PROBES_FILE, "the probe weights"))
+    return EarlyExitPolicy(teacher, probes.eval(), cfg.threshold).eval()
+
+
+def save_early_exit(folder: Path, teacher_dir: Path, probe_dir: Path, threshold: float) -> None:
+    atomic_write_json(Path(folder) / CONFIG_FILE, EarlyExitConfig(teacher=str(teacher_dir), probe=str(probe_dir),
+                                                                  threshold=threshold).to_dict())

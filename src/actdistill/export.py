@@ -26,7 +26,8 @@ from torch import nn
 
 from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, load_checked_weights,
                                   make_header, read_header, read_json, write_header)
-from actdistill.config import ConfigError, DistillConfig, EvalConfig, ExportConfig, ModelConfig, SimConfig, TrainConfig
+from actdistill.config import (ConfigError, DistillConfig, EvalConfig, ExportConfig, ModelConfig, SimConfig, StudentConfig,
+                               TrainConfig)
 from actdistill.constants import CONFIG_FILE, WEIGHTS_FILE
 from actdistill.distill.routing import RoutedStudent
 from actdistill.models.heads import check_head_family
@@ -180,8 +181,9 @@ def save_student(student: RoutedStudent, out_dir: Path, model_cfg: dict | None, 
     assert not leaked, leaked  # the exported student never carries graph parts
     atomic_save_tensors(out_dir / WEIGHTS_FILE, weights)
     cls = type(student.vla)
-    atomic_write_json(out_dir / CONFIG_FILE, {"model": model_cfg, "model_class": f"{cls.__module__}.{cls.__qualname__}",
-                                             "router_dim": router_dim, "tau": student.tau, "rho": rho, "tasks": tasks})
+    scfg = StudentConfig(model=model_cfg, model_class=f"{cls.__module__}.{cls.__qualname__}", router_dim=router_dim,
+                         tau=student.tau, rho=rho, tasks=tuple(tasks))
+    atomic_write_json(out_dir / CONFIG_FILE, scfg.to_dict())
     summary = {"weights": str(out_dir / WEIGHTS_FILE), "rho": rho, "gate_shift": float(student.router.gate_bias[0]),
                "parameters": sum(p.numel() for p in student.parameters()), **extra}
     write_header(out_dir, make_header("export", config, inputs=inputs, weights_hash=hash_tensors(weights), summary=summary))
@@ -202,14 +204,13 @@ def load_student(folder: Path, model: nn.Module | None = None) -> RoutedStudent:
     needs `model`, a fresh instance of the class it was exported from (its weights are replaced)."""
     folder = Path(folder)
     header = read_header(folder, "export")
-    cfg = read_json(folder / CONFIG_FILE, "the student config")
-    if cfg.get("model") is None and model is None:
-        raise ArtifactError(f"{folder} holds a routed {cfg.get('model_class', 'custom model')}; load it with "
+    cfg = StudentConfig.from_dict(read_json(folder / CONFIG_FILE, "the student config"))
+    if cfg.model is None and model is None:
+        raise ArtifactError(f"{folder} holds a routed {cfg.model_class or 'custom model'}; load it with "
                             "load_student(folder, model=<a fresh instance of that class>).")
-    vla = ModelConfig.from_dict(cfg["model"]) if model is None else model
-    student = RoutedStudent(vla, router_dim=cfg["router_dim"], tau=cfg["tau"])
+    student = RoutedStudent(cfg.model if model is None else model, router_dim=cfg.router_dim, tau=cfg.tau)
     weights = load_checked_weights(folder, header, "student weights", "export it again")
-    if cfg.get("model") is not None:
+    if cfg.model is not None:
         check_head_family(weights, student.vla.config.action_head, folder / WEIGHTS_FILE, prefix="vla.head.")
     try:
         student.load_state_dict(weights, strict=True)

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from actdistill.artifacts import atomic_write_json, hash_json, make_header, read_json, write_header
+from actdistill.artifacts import hash_json, make_header, read_json, write_header
 from actdistill.bench.baselines import (STATIC_ROUTER_DIM, layer_input_similarity, static_prune_student, task_loss,
                                         train_router_kd)
 from actdistill.bench.flops import train_step_flops
@@ -26,7 +26,7 @@ from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
 from actdistill.distill.routing import RoutedStudent
 from actdistill.distill.stage import distill_loss, run_distill
-from actdistill.early_exit import EarlyExitPolicy, choose_exit_threshold
+from actdistill.early_exit import EarlyExitPolicy, choose_exit_threshold, save_early_exit
 from actdistill.export import export_inputs, run_export, save_student, training_placements
 from actdistill.models.vla import ReferenceVLA
 from actdistill.pipeline import StageRunner, evaluate_stage
@@ -211,8 +211,7 @@ def early_exit_row(bench: Bench, rho: float, k: int, frac: float) -> None:
         t0 = time.time()
         policy = EarlyExitPolicy(bench.teacher, bench.probes, threshold=0.0).eval()
         thr = choose_exit_threshold(policy, bench.data, frac)
-        atomic_write_json(folder / CONFIG_FILE, {"teacher": str(bench.teacher_dir), "probe": str(bench.probe_dir),
-                                                 "threshold": thr})
+        save_early_exit(folder, bench.teacher_dir, bench.probe_dir, thr)
         s = {"threshold": thr, "seconds": round(time.time() - t0, 1)}
         write_header(folder, make_header("early-exit", key, inputs,
                                          weights_hash=hash_json({"teacher": bench.teacher_hash, "thr": thr}), summary=s))
