@@ -189,6 +189,11 @@ def make_header(stage: str, config: Mapping[str, Any], inputs: Mapping[str, str]
     }
 
 
+def weights_hash_of(folder: Path) -> str:
+    """The weights hash a finished artifact's header recorded."""
+    return read_json(Path(folder) / HEADER_FILE, "the header")["weights_hash"]
+
+
 def write_header(folder: Path, header: Mapping[str, Any]) -> None:
     atomic_write_json(Path(folder) / HEADER_FILE, dict(header))
 

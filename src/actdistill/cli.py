@@ -14,8 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from actdistill.artifacts import ArtifactError, read_json
-from actdistill.constants import HEADER_FILE
+from actdistill.artifacts import ArtifactError, weights_hash_of
 from actdistill.config import (AblationConfig, BenchConfig, CollectConfig, ConfigError, DistillConfig, EvalConfig, ExportConfig, ProbeConfig,
                                RunConfig, SimConfig, TeacherConfig, apply_overrides)
 from actdistill.models.policy import ObservationError
@@ -121,10 +120,9 @@ def cmd_evaluate(args) -> None:
     policy = load_policy(Path(args.policy))  # fail here, with one sentence, before any worker starts
     sim = SimConfig(tasks=tuple(args.tasks) if args.tasks else SimConfig().tasks, camera=args.camera,
                     image_size=policy.image_size)
-    weights_hash = read_json(Path(args.policy) / HEADER_FILE, "the policy header")["weights_hash"]
     # the same stage as inside `actdistill run`: results plus a header (eval config, sim, policy weights, provenance)
-    r = evaluate_stage(Path(args.policy), weights_hash, cfg, sim, Path(args.out), args.name, {},
-                       not args.no_progress)["row"]
+    r = evaluate_stage(Path(args.policy), weights_hash_of(Path(args.policy)), cfg, sim, Path(args.out), args.name, {},
+                       not args.no_progress, policy=policy)["row"]
     rows = _success_rows([r])
     print_table(rows, list(rows[0]), "closed-loop success")
     print(f"\nwrote {Path(args.out) / 'results.json'} and results.md ({r['seconds']:.0f} s)")

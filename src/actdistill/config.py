@@ -42,6 +42,8 @@ MT50_TASKS: tuple[str, ...] = (
 SUITE_TASKS: dict[str, tuple[str, ...]] = {"mt10": MT10_TASKS, "mt50": MT50_TASKS}
 DECODERS: tuple[str, ...] = ("llama", "qwen2", "mistral", "gemma", "gemma2", "gemma3")
 HEADS: tuple[str, ...] = ("regression", "diffusion", "discrete")  # action-head families (models/heads.py)
+GATINGS: tuple[str, ...] = ("threshold", "quantile")  # training gates of the router (distill/routing.py)
+STREAM_NORMS: tuple[str, ...] = ("none", "terms", "initial")  # distillation stream scales (distill/losses.py)
 CAMERAS: tuple[str, ...] = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 
 
@@ -333,11 +335,11 @@ class DistillConfig(_Base):
             _check(getattr(self, n) >= 0, f"DistillConfig.{n} must be >= 0.")
         _positive(self, "router_dim", "router_lr_scale")
         _check(self.soft_warmup_steps >= 0, "DistillConfig.soft_warmup_steps must be >= 0.")
-        _check(self.gating in ("threshold", "quantile"), f"DistillConfig.gating must be 'threshold' or 'quantile', got {self.gating!r}.")
+        _check(self.gating in GATINGS, f"DistillConfig.gating must be one of {', '.join(GATINGS)}, got {self.gating!r}.")
         _check(0.0 < self.threshold_momentum <= 1.0, "DistillConfig.threshold_momentum must be in (0, 1].")
         _check(self.always_run >= 0, "DistillConfig.always_run must be >= 0.")
-        _check(self.stream_norm in ("none", "terms", "initial"),
-               f"DistillConfig.stream_norm must be 'none', 'terms' or 'initial', got {self.stream_norm!r}.")
+        _check(self.stream_norm in STREAM_NORMS,
+               f"DistillConfig.stream_norm must be one of {', '.join(STREAM_NORMS)}, got {self.stream_norm!r}.")
 
 
 @dataclass

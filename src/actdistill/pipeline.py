@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from actdistill.artifacts import atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, save_figure, write_header
+from actdistill.artifacts import (atomic_write_bytes, atomic_write_json, hash_json, make_header, read_json, save_figure,
+                                  weights_hash_of, write_header)
 from actdistill.config import ConfigError, EvalConfig, RunConfig, SimConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
 from actdistill.provenance import provenance, reference_results_path, reproduction_check, version_changes
@@ -53,13 +54,16 @@ class StageRunner:
 
 
 def evaluate_stage(spec_path: Path, weights_hash: str, eval_cfg: EvalConfig, sim: SimConfig, out_dir: Path, name: str,
-                   exclude: dict, progress: bool) -> dict:
-    """Evaluate a policy folder and stamp the result with a header keyed by eval config, sim and policy weights."""
+                   exclude: dict, progress: bool, policy=None) -> dict:
+    """Evaluate a policy folder and stamp the result with a header keyed by eval config, sim and policy weights.
+
+    `policy`: the folder's policy when the caller already loaded it (used in-process; worker processes load their own)."""
     from actdistill.evaluate import evaluate
     from actdistill.registry import PolicySpec
 
-    result = evaluate(PolicySpec(str(spec_path)), eval_cfg, sim, out_dir, name=name, exclude_seeds=exclude,
-                      progress=progress)
+    in_process = policy is not None and eval_cfg.workers == 1
+    result = evaluate(policy if in_process else PolicySpec(str(spec_path)), eval_cfg, sim, out_dir, name=name,
+                      exclude_seeds=exclude, progress=progress)
     summary = {"seconds": result["seconds"], "row": result}
     write_header(out_dir, make_header("evaluate", {"eval": eval_cfg.to_dict(), "sim": sim.to_dict()},
                                       inputs={"policy": weights_hash}, summary=summary))
@@ -96,7 +100,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
            lambda: train_teacher(cfg.teacher, data_path, teacher_dir, progress),
            lambda s: f"{s['parameters'] / 1e6:.2f}M params, {s['steps']} steps ({s['passes']} passes), loss {s['final_loss']}",
            lambda s: s["weights"])
-    teacher_hash = read_json(teacher_dir / HEADER_FILE, "the teacher header")["weights_hash"]
+    teacher_hash = weights_hash_of(teacher_dir)
 
     ev_t = st.run("evaluate teacher", "evaluate", out / "eval-teacher", eval_key, {"policy": teacher_hash},
                   lambda: evaluate_stage(teacher_dir, teacher_hash, cfg.eval, cfg.collect.sim, out / "eval-teacher", "teacher",
@@ -116,14 +120,14 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
            lambda: run_distill(cfg.distill, teacher_dir, probe_dir, data_path, distill_dir, progress),
            lambda s: f"train keep ratio {s['train_keep_ratio']:.2f}, task loss {s['final'].get('task', float('nan')):.4f}",
            lambda s: s["weights"])
-    student_hash = read_json(distill_dir / HEADER_FILE, "the distill header")["weights_hash"]
+    student_hash = weights_hash_of(distill_dir)
 
     export_dir = out / f"student-rho{rho}"
     st.run("export + calibrate", "export", export_dir, cfg.export.to_dict(), export_inputs(cfg.export, student_hash, cache_fp),
            lambda: run_export(cfg.export, distill_dir, data_path, export_dir, cfg.collect.sim, progress, teacher_dir, probe_dir),
            lambda s: f"gate shift {s['gate_shift']:+.3f}, calibration frac " + "/".join(
                f"{c['layers_executed_frac']:.2f}" for c in s["calibration"]), lambda s: s["weights"])
-    exported_hash = read_json(export_dir / HEADER_FILE, "the export header")["weights_hash"]
+    exported_hash = weights_hash_of(export_dir)
 
     name = f"actdistill-rho{rho}"
     ev_s = st.run("evaluate student", "evaluate", out / f"eval-{name}", eval_key, {"policy": exported_hash},

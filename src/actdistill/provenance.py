@@ -53,7 +53,8 @@ def git_state(path: Path | None = None) -> dict[str, Any]:
         return res.stdout.strip() if res.returncode == 0 else None
 
     rev = git("rev-parse", "HEAD")
-    if rev is None:
+    # a non-editable install inside some other repository (a venv in a user's project) is not that repository's code
+    if rev is None or git("ls-files", "--error-unmatch", "__init__.py") is None:
         return {"revision": None, "dirty": None}
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"revision": rev, "dirty": None if status is None else bool(status)}
@@ -138,10 +139,10 @@ def reproduction_check(rows: list[dict], dataset_hash: str, config: Mapping[str,
 
     if run_settings(reference.get("config", {})) != run_settings(config):
         return {"comparable": False, "reason": "the reference was made with another config", "rows": [], "dataset_match": None}
-    ref_prov = reference.get("provenance")
-    if not same_environment(ref_prov, provenance()):
+    ref_prov, now = reference.get("provenance"), provenance()
+    if not same_environment(ref_prov, now):
         why = "it records no provenance" if not ref_prov else "its package versions differ: " + ", ".join(
-            c for c in version_changes(ref_prov, provenance()) if not c.startswith(("code", "CPU")))
+            c for c in version_changes(ref_prov, now) if not c.startswith(("code", "CPU")))
         return {"comparable": False, "reason": f"the reference is not from this environment ({why})", "rows": [],
                 "dataset_match": None}
     ref_rows = {r["name"]: r for r in reference.get("rows", [])}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from actdistill.artifacts import atomic_write_bytes, atomic_write_json, read_json
+from actdistill.artifacts import atomic_write_bytes, atomic_write_json, read_json, weights_hash_of
 from actdistill.bench.baselines import train_router_kd
 from actdistill.bench.run import paired_bootstrap
 from actdistill.config import AblationConfig, ConfigError, DistillConfig, ExportConfig, RunConfig, apply_overrides
@@ -37,6 +37,9 @@ VARIANTS: dict[str, dict] = {
     "hybrid": {"distill.always_run": 3},
     "full+settle": {"export.settle_steps": 300},
     "router-kd+settle": {"kind": "router-kd", "export.settle_steps": 300},
+    # the winners of the single changes, combined (candidates for the default)
+    "norm-initial+quantile": {"distill.stream_norm": "initial", "distill.gating": "quantile", "export.calib_rounds": 1},
+    "norm-initial+settle": {"distill.stream_norm": "initial", "export.settle_steps": 300},
 }
 
 
@@ -88,25 +91,22 @@ def run_ablation(run_dir: Path, cfg: AblationConfig, progress: bool = True) -> d
                                lambda s: f"keep {s['train_keep_ratio']:.2f}", lambda s: s["weights"])
             policy_dir = folder / "student"
             st.run(f"{name}: export", "export", policy_dir, xcfg.to_dict(),
-                   export_inputs(xcfg, _weights_hash(ddir), cache.fingerprint),
+                   export_inputs(xcfg, weights_hash_of(ddir), cache.fingerprint),
                    lambda xcfg=xcfg, ddir=ddir, pdir=policy_dir: run_export(xcfg, ddir, data_path, pdir, sim, progress,
                                                                          teacher_dir, probe_dir),
                    lambda s: f"shift {s['gate_shift']:+.3f}", lambda s: s["weights"])
-        h = _weights_hash(policy_dir)
-        ev = st.run(f"{name}: evaluate (val)", "evaluate", out / f"eval-{name.replace('+', '-')}", eval_key, {"policy": h},
-                    lambda pdir=policy_dir, h=h, name=name: evaluate_stage(
-                        pdir, h, cfg.eval, sim, out / f"eval-{name.replace('+', '-')}", name, seeds_used, progress),
+        h = weights_hash_of(policy_dir)
+        eval_dir = out / f"eval-{name.replace('+', '-')}"
+        ev = st.run(f"{name}: evaluate (val)", "evaluate", eval_dir, eval_key, {"policy": h},
+                    lambda pdir=policy_dir, h=h, name=name, eval_dir=eval_dir: evaluate_stage(
+                        pdir, h, cfg.eval, sim, eval_dir, name, seeds_used, progress),
                     lambda s: f"success {s['row']['success_mean']:.3f}, layers {s['row']['layers_executed_frac']:.2f}",
-                    lambda s: str(out / f"eval-{name.replace('+', '-')}" / RESULTS_FILE))
+                    lambda s, eval_dir=eval_dir: str(eval_dir / RESULTS_FILE))
         export_summary = read_json(policy_dir / HEADER_FILE, "the export header")["summary"]
         rows[name] = {"variant": name, "kind": kind, "overrides": VARIANTS[name], **ev["row"],
                       "calibration": export_summary.get("calibration", []), "gate_shift": export_summary.get("gate_shift"),
                       "final_losses": distilled.get("final", {}), "train_keep_ratio": distilled.get("train_keep_ratio")}
     return finish_ablation(rows, cfg, rc, out, data.content_hash, st)
-
-
-def _weights_hash(folder: Path) -> str:
-    return read_json(Path(folder) / HEADER_FILE, "a header")["weights_hash"]
 
 
 def finish_ablation(rows: dict, cfg: AblationConfig, rc: RunConfig, out: Path, content_hash: str, st: StageRunner) -> dict:

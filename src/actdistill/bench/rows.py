@@ -16,12 +16,12 @@ from typing import Callable
 
 import torch
 
-from actdistill.artifacts import hash_json, make_header, read_json, write_header
+from actdistill.artifacts import hash_json, make_header, read_json, weights_hash_of, write_header
 from actdistill.bench.baselines import (STATIC_ROUTER_DIM, layer_input_similarity, static_prune_student, task_loss,
                                         train_router_kd)
 from actdistill.bench.flops import train_step_flops
 from actdistill.config import BenchConfig, RunConfig, TeacherConfig
-from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
+from actdistill.constants import CONFIG_FILE, DATASET_FILE, RESULTS_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
 from actdistill.distill.routing import RoutedStudent
@@ -102,9 +102,7 @@ class Bench:
         self.rows[name] = s["row"]
         self.policies[name] = folder
 
-    @staticmethod
-    def weights_hash_of(folder: Path) -> str:
-        return read_json(Path(folder) / HEADER_FILE, "a header")["weights_hash"]
+    weights_hash_of = staticmethod(weights_hash_of)
 
     @property
     def similarity(self) -> torch.Tensor:

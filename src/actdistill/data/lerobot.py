@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actdistill.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json
+from actdistill.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, hash_file
 from actdistill.data.demos import Demo, DemoSet, content_hash
 
 INFO = "meta/info.json"
@@ -148,8 +148,7 @@ def _stats(x: np.ndarray) -> dict:
 def _folder_fingerprint(root: Path) -> str:
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
+        h.update(f"{path.relative_to(root)}:{hash_file(path)}".encode())
     return h.hexdigest()[:16]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from actdistill.config import STREAM_NORMS
 from actdistill.distill.routing import straight_through
 from actdistill.models.heads import action_loss
 
@@ -97,7 +98,6 @@ def routed_gate_losses(gates: torch.Tensor, routed: list[int], tau: float, rho: 
     return {"bal": balance_loss(g), "bud": bud, "pol": polarization_loss(g)}
 
 
-STREAM_NORMS = ("none", "terms", "initial")
 INITIAL_FLOOR = 1e-4  # "initial": a stream smaller than this at the start is not rescaled
 
 

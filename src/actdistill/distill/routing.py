@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from actdistill.config import ModelConfig
+from actdistill.config import GATINGS, ModelConfig
 from actdistill.models.contract import check_spans, check_vla
 from actdistill.models.policy import PolicyMixin
 from actdistill.models.vla import ReferenceVLA
@@ -119,8 +119,8 @@ class RoutedStudent(PolicyMixin, nn.Module):
         bad = [l for l in always_run if not 0 <= l < L]
         if bad or len(set(always_run)) != len(always_run):
             raise ValueError(f"always_run must name distinct layers in [0, {L}), got {list(always_run)}.")
-        if gating not in ("threshold", "quantile"):
-            raise ValueError(f"gating must be 'threshold' or 'quantile', got {gating!r}.")
+        if gating not in GATINGS:
+            raise ValueError(f"gating must be one of {', '.join(GATINGS)}, got {gating!r}.")
         self.gating = gating
         self.always_run = tuple(sorted(always_run))
         self.routed_layers = tuple(l for l in range(L) if l not in self.always_run)
