@@ -182,6 +182,52 @@ def test_tiny_ablation_on_validation_placements(tiny_run):
     assert bad.returncode == 2 and "validation placements" in bad.stderr
 
 
+def test_tiny_robustness_table_on_a_tiny_run(tiny_run):
+    """Teacher, student and the same-budget baselines, clean and perturbed on the same test placements; the table,
+    the drop comparisons, the gate statistics and the plots come out of one command."""
+    tmp_path, _ = tiny_run
+    cfg = {"budgets": [0.5], "perturbations": ["image-noise-high", "paraphrase-1"], "bootstrap_samples": 50,
+           "eval": {"episodes_per_task": 2, "max_steps": 6, "workers": 1, "trace": True}}
+    (tmp_path / "robust.json").write_text(json.dumps(cfg))
+    proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "robustness", "--run", str(tmp_path / "run"), "--config",
+                           str(tmp_path / "robust.json"), "--no-progress"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "run" / "robustness"
+    res = json.loads((out / "robustness.json").read_text())
+    names = {"teacher", "actdistill-rho0.5", "static-prune-rho0.5", "router-kd-rho0.5"}
+    cells = {(r["policy"], r["condition"]) for r in res["rows"]}
+    assert cells == {(n, c) for n in names for c in ("clean", "image-noise-high", "paraphrase-1")}
+    seeds = {json.dumps(json.loads((out / c / f"eval-{n}" / "results.json").read_text())["placement_seeds"])
+             for n in names for c in ("clean", "image-noise-high")}
+    assert len(seeds) == 1 and min(json.loads(seeds.pop())) >= 10_000_000  # the same test placements in every cell
+    for r in res["rows"]:
+        assert ("drop_vs_clean" in r) == (r["condition"] != "clean")
+    comp = {c["perturbation"]: c for c in res["student_vs_reference"]}
+    assert set(comp) == {"image-noise-high", "paraphrase-1"}
+    assert {"minus_teacher", "minus_static-prune-rho0.5", "minus_router-kd-rho0.5"} <= set(comp["paraphrase-1"])
+    gs = res["gate_stability"]["actdistill-rho0.5"]
+    assert len(gs["image-noise-high"]["flip_rate_per_layer"]) == 2 and "flip_rate_per_layer" not in gs["clean"]
+    assert "teacher" not in res["gate_stability"]
+    fails = res["where_routing_fails"]["actdistill-rho0.5"]
+    assert fails["steps_near_gripper_events"] + fails["steps_elsewhere"] > 0
+    eps = json.loads((out / "clean" / "eval-actdistill-rho0.5" / "episodes.json").read_text())
+    assert all(len(e["trace"]["layers"]) == e["steps"] == len(e["trace"]["gripper"]) for e in eps)
+    assert (out / "gate_flips_actdistill-rho0.5.png").stat().st_size > 1000
+    assert "minus teacher" in (out / "robustness.md").read_text()
+    # trained rows are shared with the bench (run/bench); the robustness evaluations live in their own folders
+    assert (tmp_path / "run" / "bench" / "static-prune-rho0.5" / "header.json").is_file()
+    assert (out / "clean" / "eval-static-prune-rho0.5" / "header.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "actdistill.cli", "robustness", "--run", str(tmp_path / "run"),
+                          "--perturbations", "fog"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Unknown perturbation 'fog'" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_evaluate_refuses_an_unknown_perturbation_before_any_episode(tiny_teacher, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "evaluate", "--policy", str(tiny_teacher), "--out",
+                           str(tmp_path / "ev"), "--perturb", "image-noise:500"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "must be in [0, 128]" in proc.stderr and not (tmp_path / "ev").exists()
+
+
 def test_a_programming_error_keeps_its_traceback(monkeypatch):
     """A KeyError inside a command is a bug, not a user mistake: it is not turned into a one-sentence error."""
     import actdistill.cli as cli

@@ -46,10 +46,10 @@ def test_evaluator_counts_expert_successes(monkeypatch):
     expert = Expert()
     real = ev.run_episodes
 
-    def run(policy, task, seeds, sim, max_steps, envs_cache, keep_frames=0, record_logits=False):
+    def run(policy, task, seeds, sim, max_steps, envs_cache, *args, **kw):
         envs_cache[task] = [MT10Env(task, camera=sim.camera, image_size=sim.image_size, max_steps=max_steps) for _ in seeds]
         expert.envs = envs_cache[task]
-        return real(policy, task, seeds, sim, max_steps, envs_cache, keep_frames, record_logits)
+        return real(policy, task, seeds, sim, max_steps, envs_cache, *args, **kw)
 
     monkeypatch.setattr(ev, "run_episodes", run)
     cfg = EvalConfig(episodes_per_task=2, max_steps=200, workers=1, batch_envs=2)

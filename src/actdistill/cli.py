@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 from actdistill.artifacts import ArtifactError, weights_hash_of
-from actdistill.config import (AblationConfig, BenchConfig, CollectConfig, ConfigError, DistillConfig, EvalConfig, ExportConfig, ProbeConfig,
-                               RunConfig, SimConfig, TeacherConfig, apply_overrides)
+from actdistill.config import (PERTURB_KINDS, PERTURB_PRESETS, AblationConfig, BenchConfig, CollectConfig, ConfigError,
+                               DistillConfig, EvalConfig, ExportConfig, ProbeConfig, RobustnessConfig, RunConfig, SimConfig,
+                               TeacherConfig, apply_overrides)
 from actdistill.models.policy import ObservationError
 from actdistill.training import TrainingDiverged
 
@@ -116,7 +117,8 @@ def cmd_evaluate(args) -> None:
     from actdistill.registry import load_policy
 
     cfg = _build_config(EvalConfig, args, {"episodes": "episodes_per_task", "max_steps": "max_steps",
-                                           "workers": "workers", "gifs": "gifs_per_task", "seed": "seed"})
+                                           "workers": "workers", "gifs": "gifs_per_task", "seed": "seed",
+                                           "perturb": "perturb", "trace": "trace"})
     policy = load_policy(Path(args.policy))  # fail here, with one sentence, before any worker starts
     sim = SimConfig(tasks=tuple(args.tasks) if args.tasks else SimConfig().tasks, camera=args.camera,
                     image_size=policy.image_size)
@@ -187,6 +189,17 @@ def cmd_ablate(args) -> None:
     print_table(r["stages"], ["stage", "status", "seconds", "note"], "ablation stages")
     print("\n" + ablation_table(r["rows"], cfg))
     print(f"results: {Path(args.run) / f'ablation-rho{cfg.rho}' / 'ablation.json'} (+ ablation.md)")
+
+
+def cmd_robustness(args) -> None:
+    from actdistill.bench.robustness import robustness_report, run_robustness
+
+    cfg = _build_config(RobustnessConfig, args, {"budgets": "budgets", "episodes": "eval.episodes_per_task",
+                                                 "perturbations": "perturbations", "baselines": "baselines"})
+    r = run_robustness(Path(args.run), cfg, progress=not args.no_progress)
+    print_table(r["stages"], ["stage", "status", "seconds", "note"], "robustness stages")
+    print("\n" + robustness_report(r))
+    print(f"results: {Path(args.run) / 'robustness' / 'robustness.json'} (+ robustness.md, gate_flips_*.png)")
 
 
 def cmd_run(args) -> None:
@@ -307,6 +320,11 @@ def _add_data_commands(sub) -> None:
     e.add_argument("--seed", type=int)
     e.add_argument("--tasks", nargs="+")
     e.add_argument("--camera", default="corner2")
+    e.add_argument("--perturb", help="an observation perturbation, seeded per placement and step so that every policy "
+                   "sees the same one: " + ", ".join(PERTURB_PRESETS) + ", or kind:level with kind in "
+                   + ", ".join(PERTURB_KINDS) + " (default none).")
+    e.add_argument("--trace", action="store_true", default=None, help="keep per-step layer counts, gripper commands "
+                   "and gate statistics (flips, switches, margins) in episodes.json.")
     _common(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -375,6 +393,19 @@ def _add_pipeline_commands(sub) -> None:
     ab.add_argument("--variants", nargs="+", help="which variants (default: all; 'full' is always needed).")
     _common(ab)
     ab.set_defaults(func=cmd_ablate)
+
+    rb = sub.add_parser("robustness", help="teacher, students and same-budget baselines under observation perturbations.",
+                        description="Evaluate the teacher, the ActDistill student of each budget and the static-prune and "
+                        "router-KD rows of that budget clean and under each perturbation (image noise, brightness, contrast, "
+                        "camera shift, occlusion, state noise, held-out paraphrases) on the same test placements; reports "
+                        "paired drops, gate flips per layer and layer usage around gripper events.")
+    rb.add_argument("--run", required=True, help="folder of a finished `actdistill run` (runs/default).")
+    rb.add_argument("--budgets", nargs="+", type=float, help="ActDistill budgets (default 0.5).")
+    rb.add_argument("--baselines", nargs="+", help="same-budget baselines (default static-prune router-kd).")
+    rb.add_argument("--perturbations", nargs="+", help="which perturbations (default: every preset).")
+    rb.add_argument("--episodes", type=int, help="test episodes per task per cell (default 20).")
+    _common(rb)
+    rb.set_defaults(func=cmd_robustness)
 
     r = sub.add_parser("run", help="the whole pipeline on the built-in MT10 setting, with a summary.",
                        description="collect -> train-teacher -> evaluate -> probe -> distill -> export -> evaluate student; "

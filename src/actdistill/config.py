@@ -44,6 +44,49 @@ DECODERS: tuple[str, ...] = ("llama", "qwen2", "mistral", "gemma", "gemma2", "ge
 HEADS: tuple[str, ...] = ("regression", "diffusion", "discrete")  # action-head families (models/heads.py)
 GATINGS: tuple[str, ...] = ("threshold", "quantile")  # training gates of the router (distill/routing.py)
 STREAM_NORMS: tuple[str, ...] = ("none", "terms", "initial")  # distillation stream scales (distill/losses.py)
+# Observation perturbations of the evaluator (sim/perturb.py): kind -> (unit of its level, smallest, largest level).
+PERTURB_KINDS: dict[str, tuple[str, float, float]] = {
+    "image-noise": ("std of Gaussian pixel noise, in 0-255 units", 0.0, 128.0),
+    "brightness": ("factor on every pixel", 0.1, 4.0),
+    "contrast": ("factor on each pixel's distance from the frame mean", 0.0, 4.0),
+    "camera-shift": ("pixels the picture is translated by", 0.0, 32.0),
+    "occlusion": ("side of a grey square, as a fraction of the image side", 0.0, 0.9),
+    "state-noise": ("std of Gaussian noise on hand and goal xyz, in metres", 0.0, 1.0),
+    "paraphrase": ("which held-out instruction paraphrase (1 or 2)", 1.0, 2.0),
+}
+# named perturbations (what `eval.perturb` and `actdistill robustness` accept besides "kind:level")
+PERTURB_PRESETS: dict[str, str] = {
+    "image-noise-low": "image-noise:4",
+    "image-noise-high": "image-noise:16",
+    "brightness": "brightness:1.3",
+    "contrast": "contrast:0.6",
+    "camera-shift": "camera-shift:3",
+    "occlusion": "occlusion:0.2",
+    "state-noise": "state-noise:0.01",
+    "paraphrase-1": "paraphrase:1",
+    "paraphrase-2": "paraphrase:2",
+}
+
+
+def parse_perturbation(spec: str) -> tuple[str, float]:
+    """(kind, level) of a perturbation named by a preset or written "kind:level"; "none" is ("none", 0.0)."""
+    if spec == "none":
+        return "none", 0.0
+    text = PERTURB_PRESETS.get(spec, spec)
+    kind, sep, level_s = text.partition(":")
+    if kind not in PERTURB_KINDS or not sep:
+        raise ConfigError(f"Unknown perturbation {spec!r}; use 'none', one of {', '.join(PERTURB_PRESETS)}, or "
+                          f"'kind:level' with kind in {', '.join(PERTURB_KINDS)}.")
+    unit, lo, hi = PERTURB_KINDS[kind]
+    try:
+        level = float(level_s)
+    except ValueError:
+        level = math.nan
+    if not lo <= level <= hi or (kind == "paraphrase" and level not in (1.0, 2.0)):
+        raise ConfigError(f"Perturbation {spec!r}: the {kind} level ({unit}) must be in [{lo:g}, {hi:g}], got {level_s!r}.")
+    return kind, level
+
+
 CAMERAS: tuple[str, ...] = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 
 
@@ -379,14 +422,19 @@ class EvalConfig(_Base):
     # "test": the held-out placements every reported number uses; "val": a disjoint range for every choice made
     # from rollouts (ablations, hyperparameters, thresholds), so that test numbers are never tuned on
     split: str = "test"
+    # an observation perturbation applied inside the runner, seeded by placement and step so that every policy
+    # sees the same one (config.PERTURB_PRESETS, or "kind:level" with kind in config.PERTURB_KINDS)
+    perturb: str = "none"
+    trace: bool = False  # keep per-step layer counts, gripper commands and gate statistics in episodes.json
 
-    _LATER_FIELDS = ("split",)
+    _LATER_FIELDS = ("split", "perturb", "trace")
 
     def __post_init__(self) -> None:
         _positive(self, "episodes_per_task", "max_steps", "workers", "batch_envs")
         _check(self.gifs_per_task >= 0, "EvalConfig.gifs_per_task must be >= 0.")
         _check(self.split in ("test", "val"), f"EvalConfig.split must be 'test' or 'val', got {self.split!r}.")
         _check(0 <= self.seed < 1000, f"EvalConfig.seed must be in [0, 1000), got {self.seed}.")
+        parse_perturbation(self.perturb)
 
 
 @dataclass
@@ -467,6 +515,37 @@ class AblationConfig(_Base):
         _check(self.eval.split == "val", "AblationConfig.eval.split must be 'val': choices are made on validation "
                                          "placements, never on the test placements the reported numbers use.")
         _positive(self, "bootstrap_samples")
+
+
+@dataclass
+class RobustnessConfig(_Base):
+    """`actdistill robustness`: teacher, ActDistill students and the same-budget static-prune and router-KD rows,
+    each clean and under every perturbation, on the same test placements."""
+
+    budgets: tuple[float, ...] = (0.5,)
+    baselines: tuple[str, ...] = ("static-prune", "router-kd")
+    perturbations: tuple[str, ...] = tuple(PERTURB_PRESETS)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes_per_task=20, trace=True))
+    bootstrap_samples: int = 2000
+    event_window: int = 3  # steps either side of a gripper open/close command counted as "around the event"
+    final_steps: int = 10  # the last steps before success counted as "before success"
+
+    def __post_init__(self) -> None:
+        self.budgets = tuple(self.budgets)
+        self.baselines = tuple(self.baselines)
+        self.perturbations = tuple(self.perturbations)
+        for r in self.budgets:
+            _check(0.0 < r <= 1.0, f"RobustnessConfig budgets must be in (0, 1], got {r}.")
+        _check(len(self.budgets) > 0, "RobustnessConfig.budgets must name at least one budget.")
+        for p in self.perturbations:
+            _check(p != "none", "RobustnessConfig.perturbations lists 'none'; the clean run is always made.")
+            parse_perturbation(p)
+        _check(len(set(self.perturbations)) == len(self.perturbations), "RobustnessConfig.perturbations lists one twice.")
+        _check(self.eval.split == "test", "RobustnessConfig.eval.split must be 'test': the table reports numbers.")
+        _check(self.eval.perturb == "none", "RobustnessConfig.eval.perturb must be 'none'; list perturbations in "
+                                            "RobustnessConfig.perturbations.")
+        _check(self.eval.trace, "RobustnessConfig.eval.trace must be true: gate statistics come from the traces.")
+        _positive(self, "bootstrap_samples", "event_window", "final_steps")
 
 
 @dataclass

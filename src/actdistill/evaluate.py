@@ -25,6 +25,7 @@ from actdistill.config import EvalConfig, SimConfig
 from actdistill.constants import OBS_IMAGE, OBS_STATE, RESULTS_FILE, RESULTS_TABLE, TASK
 from actdistill.provenance import provenance
 from actdistill.sim import get_suite, placement_seeds
+from actdistill.sim.perturb import make_perturbation
 
 
 def wilson_ci(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -59,12 +60,18 @@ def _init_worker(factory: Callable[[], Any] | None, policy: Any, threads: int) -
 
 
 def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps: int, envs_cache: dict,
-                 keep_frames: int = 0, record_logits: bool = False) -> list[dict]:
+                 keep_frames: int = 0, record_logits: bool = False, perturb: str = "none",
+                 trace: bool = False) -> list[dict]:
     """Run one lock-step group of episodes of `task`, one per placement seed.
 
-    `record_logits` keeps the router's gate logits of every live step (for budget calibration).
+    `record_logits` keeps the router's gate logits of every live step (for budget calibration). `perturb` names
+    the perturbation the policy's observations get (sim/perturb.py; the simulator is not touched). `trace` keeps,
+    per step, the layers executed and the gripper command and, for a policy with a router (`gate_logits`), per
+    layer: decisions that differ from the previous step's, decisions that the perturbation flipped (the same
+    frame unperturbed through the router) and the summed distance of the gate logits from the threshold.
     """
     suite = get_suite(sim.suite)
+    perturbation = make_perturbation(perturb)
     for other in [t for t in envs_cache if t != task]:  # one task's environments at a time: each holds a renderer
         for env in envs_cache.pop(other):
             env.close()
@@ -81,10 +88,15 @@ def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps:
     calls = np.zeros(b, dtype=np.int64)
     frames: list[list[np.ndarray]] = [[] for _ in range(min(keep_frames, b))]
     gate_logits: list[list[np.ndarray]] = [[] for _ in range(b)]
+    routed = trace and hasattr(policy, "gate_logits")
+    traces: list[dict] = [{"layers": [], "gripper": []} for _ in range(b)]
+    gates: dict[str, np.ndarray] = {}
+    prev_dec: np.ndarray | None = None
     policy.reset()
     for _t in range(max_steps):
-        batch = {OBS_IMAGE: np.stack([o.image for o in obs]), OBS_STATE: np.stack([o.state for o in obs]),
-                 TASK: [o.instruction for o in obs]}
+        seen = [perturbation.apply(o, s, int(k), task) for o, s, k in zip(obs, seeds, steps)]
+        batch = {OBS_IMAGE: np.stack([o.image for o in seen]), OBS_STATE: np.stack([o.state for o in seen]),
+                 TASK: [o.instruction for o in seen]}
         actions = policy.select_action(batch)
         actions = actions.detach().cpu().numpy() if torch.is_tensor(actions) else np.asarray(actions)
         if actions.shape != (b, suite.action_dim) or not np.isfinite(actions).all():
@@ -96,13 +108,22 @@ def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps:
             layer_sum = np.zeros_like(m) if layer_sum is None else layer_sum
             layer_sum[active] += m[active]
             calls[active] += 1
-            if record_logits:
+            if record_logits or routed:
                 logits = policy.last_gate_logits().detach().cpu().numpy()  # (B, L)
+            if record_logits:
                 for i in np.flatnonzero(active):
                     gate_logits[i].append(logits[i])
+            if routed:
+                _count_gates(gates, policy, logits, batch, obs, perturbation.active, prev_dec, active)
+                prev_dec = logits >= policy.gate_threshold
+        if trace:  # layers: those of the forward that produced this step's action (None before any forward)
+            for i in np.flatnonzero(active):
+                last = traces[i]["layers"][-1] if traces[i]["layers"] else None
+                traces[i]["layers"].append(int(m[i].sum()) if mask is not None else last)
+                traces[i]["gripper"].append(round(float(actions[i, -1]), 3))
         for i in np.flatnonzero(active):
             if i < len(frames):
-                frames[i].append(obs[i].image)
+                frames[i].append(seen[i].image)
             obs[i], ok = envs[i].step(actions[i])
             steps[i] += 1
             if ok:
@@ -120,13 +141,40 @@ def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps:
             ep["frames"] = frames[i]
         if record_logits:
             ep["gate_logits"] = np.stack(gate_logits[i]) if gate_logits[i] else np.zeros((0, 0))
+        if trace:
+            ep["trace"] = traces[i]
+        if routed and gates:
+            ep["gates"] = {k: v[i].tolist() for k, v in gates.items()}
         out.append(ep)
     return out
 
 
+def _count_gates(gates: dict, policy, logits: np.ndarray, batch: dict, clean: list, perturbed: bool,
+                 prev_dec: np.ndarray | None, active: np.ndarray) -> None:
+    """Add this step's gate statistics of the live rows to `gates` (per row and layer)."""
+    thr = policy.gate_threshold
+    dec = logits >= thr
+    if not gates:
+        shape = logits.shape
+        gates.update(calls=np.zeros(shape[0], np.int64), margin=np.zeros(shape), switches=np.zeros(shape, np.int64),
+                     pairs=np.zeros(shape[0], np.int64), flips=np.zeros(shape, np.int64))
+    a = active
+    gates["calls"][a] += 1
+    gates["margin"][a] += np.abs(logits[a] - thr)
+    if prev_dec is not None:
+        live = a & (gates["calls"] > 1)
+        gates["switches"][live] += (dec[live] != prev_dec[live])
+        gates["pairs"][live] += 1
+    if perturbed:
+        ref = {OBS_IMAGE: np.stack([o.image for o in clean]), OBS_STATE: np.stack([o.state for o in clean]),
+               TASK: [o.instruction for o in clean]}
+        ref_dec = policy.gate_logits(ref).detach().cpu().numpy() >= thr
+        gates["flips"][a] += (dec[a] != ref_dec[a])
+
+
 def _job(args: tuple) -> list[dict]:
-    task, seeds, sim, max_steps, keep = args
-    return run_episodes(_WORKER["policy"], task, seeds, sim, max_steps, _WORKER["envs"], keep)
+    task, seeds, sim, max_steps, keep, perturb, trace = args
+    return run_episodes(_WORKER["policy"], task, seeds, sim, max_steps, _WORKER["envs"], keep, perturb=perturb, trace=trace)
 
 
 def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | None = None, name: str = "policy",
@@ -150,7 +198,7 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
     for task in sim.tasks:
         for g in range(0, len(seeds[task]), cfg.batch_envs):
             keep = max(0, cfg.gifs_per_task - g)
-            jobs.append((task, seeds[task][g:g + cfg.batch_envs], sim, cfg.max_steps, keep))
+            jobs.append((task, seeds[task][g:g + cfg.batch_envs], sim, cfg.max_steps, keep, cfg.perturb, cfg.trace))
     episodes: list[dict] = []
     bar = tqdm(total=sum(len(v) for v in seeds.values()), desc=f"evaluate {name}", unit="ep", disable=not progress, dynamic_ncols=True)
 
@@ -173,8 +221,8 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
         policy = policy_or_spec() if is_spec else policy_or_spec
         envs: dict = {}
         try:
-            for task, s, sim_, max_steps, keep in jobs:
-                _collect(run_episodes(policy, task, s, sim_, max_steps, envs, keep, record_logits))
+            for task, s, sim_, max_steps, keep, perturb, trace in jobs:
+                _collect(run_episodes(policy, task, s, sim_, max_steps, envs, keep, record_logits, perturb, trace))
         finally:
             for pool_envs in envs.values():
                 for env in pool_envs:
@@ -223,7 +271,27 @@ def summarize(episodes: list[dict], tasks: tuple[str, ...], name: str, cfg: Eval
         executed = np.sum([e["layers_executed"] for e in episodes], axis=0)
         row["layers_executed_frac"] = float(executed.sum() / (max(calls, 1) * len(executed)))
         row["layer_usage_per_task"] = usage_task
+    if cfg.perturb != "none":
+        row["perturb"] = cfg.perturb
+    gated = [e["gates"] for e in episodes if "gates" in e]
+    if gated:
+        row["gate_stats"] = gate_summary(gated, perturbed=cfg.perturb != "none")
     return row
+
+
+def gate_summary(gated: list[dict], perturbed: bool) -> dict:
+    """Per layer: the share of gate decisions a perturbation flipped (against the same frame unperturbed), the share
+    that changed from one control step to the next, and the mean distance of the gate logit from its threshold."""
+    calls = max(sum(g["calls"] for g in gated), 1)
+    pairs = max(sum(g["pairs"] for g in gated), 1)
+    margin = np.sum([g["margin"] for g in gated], axis=0) / calls
+    switches = np.sum([g["switches"] for g in gated], axis=0) / pairs
+    out = {"decisions": int(calls), "switch_rate_per_layer": switches.round(5).tolist(),
+           "switch_rate": float(switches.mean()), "logit_margin_per_layer": margin.round(4).tolist()}
+    if perturbed:
+        flips = np.sum([g["flips"] for g in gated], axis=0) / calls
+        out.update(flip_rate_per_layer=flips.round(5).tolist(), flip_rate=float(flips.mean()))
+    return out
 
 
 def markdown_table(rows: list[dict], tasks: tuple[str, ...]) -> str:

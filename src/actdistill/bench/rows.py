@@ -61,11 +61,15 @@ def seeded(train, k: int):
 class Bench:
     """What every row needs: the run's artifacts, the stage runner, and the rows evaluated so far."""
 
-    def __init__(self, run_dir: Path, cfg: BenchConfig, progress: bool = True):
+    def __init__(self, run_dir: Path, cfg: BenchConfig, progress: bool = True, eval_root: Path | None = None):
+        """Trained rows live in `run_dir/bench` (shared by every command that builds them, reused by fingerprint);
+        evaluations go under `eval_root` (default the same folder), so another evaluation config (the robustness
+        table's) never overwrites the bench's."""
         self.run_dir, self.cfg, self.progress = Path(run_dir), cfg, progress
         self.rc = RunConfig.from_dict(read_json(self.run_dir / CONFIG_FILE, "the run config"))
         self.out = self.run_dir / "bench"
         self.out.mkdir(parents=True, exist_ok=True)
+        self.eval_root = Path(eval_root) if eval_root is not None else self.out
         self.data_path = self.run_dir / "collect" / DATASET_FILE
         self.teacher_dir, self.probe_dir = self.run_dir / "teacher", self.run_dir / "probe"
         self.teacher, tinfo = load_teacher(self.teacher_dir)
@@ -77,7 +81,6 @@ class Bench:
         self.data = FrameDataset(demos, self.teacher.config.chunk_size, self.tasks)
         self.probes, self.cache, _ = load_probe_artifact(self.probe_dir, self.teacher, self.teacher_hash, self.data.fingerprint)
         self.stages = StageRunner()
-        self.eval_key = {"eval": cfg.eval.to_dict(), "sim": self.sim.to_dict()}
         self.rows: dict[str, dict] = {}  # one per trained policy (per seed), by name
         self.policies: dict[str, Path] = {}
         self.groups: dict[str, dict] = {"teacher": {"method": "teacher", "rho": None, "members": ["teacher"]}}
@@ -92,15 +95,20 @@ class Bench:
         return name
 
     def evaluate_row(self, name: str, folder: Path, weights_hash: str) -> None:
-        out = self.out / f"eval-{name}"
+        self.rows[name] = self.evaluate_policy(name, folder, weights_hash, self.cfg.eval, self.eval_root)
+        self.policies[name] = folder
+
+    def evaluate_policy(self, name: str, folder: Path, weights_hash: str, eval_cfg, root: Path, label: str = "") -> dict:
+        """Evaluate a policy folder into `root/eval-<name>` (reused while eval config, sim and weights are unchanged)."""
+        out = root / f"eval-{name}"
 
         def fn() -> dict:
-            return evaluate_stage(folder, weights_hash, self.cfg.eval, self.sim, out, name, self.seeds_used, self.progress)
+            return evaluate_stage(folder, weights_hash, eval_cfg, self.sim, out, name, self.seeds_used, self.progress)
 
-        s = self.stages.run(f"evaluate {name}", "evaluate", out, self.eval_key, {"policy": weights_hash}, fn,
+        key = {"eval": eval_cfg.to_dict(), "sim": self.sim.to_dict()}
+        s = self.stages.run(f"evaluate {name}{label}", "evaluate", out, key, {"policy": weights_hash}, fn,
                             lambda s: f"success {s['row']['success_mean']:.3f}", lambda s: str(out / RESULTS_FILE))
-        self.rows[name] = s["row"]
-        self.policies[name] = folder
+        return s["row"]
 
     weights_hash_of = staticmethod(weights_hash_of)
 

@@ -257,12 +257,21 @@ class RoutedStudent(PolicyMixin, nn.Module):
         mask = torch.sigmoid(self._last_logits) >= self.tau
         return self.vla.action_head(self.routed_decode(h0, mask)).clamp(-1.0, 1.0), mask
 
+    @property
+    def gate_threshold(self) -> float:
+        """The logit at which a gate passes: sigmoid(logit) >= tau  <=>  logit >= log(tau / (1 - tau))."""
+        return math.log(self.tau / (1 - self.tau))
+
+    @torch.no_grad()
+    def gate_logits(self, observation: dict) -> torch.Tensor:
+        """Gate logits (B, L) the router gives an observation, without acting (the action queue is untouched)."""
+        return self.router.logits(self.vla.embed(self.prepare_observation(observation)))
+
     def last_gate_logits(self) -> torch.Tensor:
         """Gate logits (B, L) of the most recent `predict_chunk` call."""
         return self._last_logits
 
     def calibrate_shift(self, logits: torch.Tensor, target: float) -> float:
         """The global logit shift that makes the fraction of gates >= tau over `logits` (S, L) equal `target`."""
-        threshold = math.log(self.tau / (1 - self.tau))  # g >= tau  <=>  logit >= threshold
         q = torch.quantile(logits.flatten().double(), 1.0 - target).item()
-        return threshold - q
+        return self.gate_threshold - q
