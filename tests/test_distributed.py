@@ -104,12 +104,69 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_demos, 
     assert all(g < 0.1 for g in gaps.values()), gaps
 
 
-def test_sharded_engines_are_refused_before_any_work(tmp_path, monkeypatch):
-    """FSDP and DeepSpeed shard parameters, which this loop cannot checkpoint; the stage stops in one sentence."""
+def test_deepspeed_and_single_process_fsdp_are_refused_before_any_work(tmp_path, monkeypatch):
+    """DeepSpeed is not the loop's sharded engine, and FSDP needs two or more processes: one sentence each."""
     for ok in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        check_engine(ok, "train-teacher")
-    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType.FSDP))
-    with pytest.raises(ConfigError, match=r"^distill: FSDP is not supported .*launch with data parallelism") as err:
-        train_loop(model=torch.nn.Linear(2, 2), dataset=None, cfg=_train(2), out_dir=tmp_path / "d", stage="distill")
+        assert check_engine(ok, "train-teacher") is False
+    assert check_engine(DistributedType.MULTI_CPU, "distill", "fsdp", 2) is True
+    assert check_engine(DistributedType.FSDP, "distill", "none", 4) is True  # accelerate launch --use_fsdp
+    with pytest.raises(ConfigError, match=r"^distill: FSDP sharding needs 2 or more processes") as err:
+        train_loop(model=torch.nn.Linear(2, 2), dataset=None, cfg=TrainConfig(steps=2, batch_size=2, sharding="fsdp"),
+                   out_dir=tmp_path / "d", stage="distill")
     assert err.value.args[0].count(". ") == 0
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType.DEEPSPEED))
+    with pytest.raises(ConfigError, match=r"^distill: DeepSpeed is not supported"):
+        train_loop(model=torch.nn.Linear(2, 2), dataset=None, cfg=_train(2), out_dir=tmp_path / "d", stage="distill")
     assert not (tmp_path / "d" / "ckpt").exists()
+
+
+HELPER = os.path.join(os.path.dirname(__file__), "helpers", "distill_with_a_dying_rank.py")
+
+
+def _torchrun(args: list[str], processes: int = 2, check: bool = True) -> subprocess.CompletedProcess:
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(launch + args, capture_output=True, text=True, timeout=600, env=env, check=False)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_fsdp_distillation_matches_ddp_and_one_process_and_resumes_after_a_rank_dies(tiny_demos, tmp_path):
+    """Two gloo processes with FSDP (parameters, gradients and optimizer state sharded per decoder layer) give the
+    student two DDP processes give (same per-rank batches) to float tolerance, and the one-process student with the
+    same global batch within the DDP tolerance; killed mid-run on one rank, the run resumes from its last sharded
+    checkpoint to the uninterrupted run's weights."""
+    one, two = _configs(batch_size=16), _configs(batch_size=8)
+    _run("train-teacher", 1, tmp_path / "t", one["train-teacher"], tiny_demos)
+    _run("probe", 1, tmp_path / "p", one["probe"], tiny_demos, teacher=tmp_path / "t")
+    fsdp = {**two["distill"], "train": {**two["distill"]["train"], "sharding": "fsdp"}}
+    _run("distill", 1, tmp_path / "d1", one["distill"], tiny_demos, teacher=tmp_path / "t", probe=tmp_path / "p")
+    _run("distill", 2, tmp_path / "ddp", two["distill"], tiny_demos, teacher=tmp_path / "t", probe=tmp_path / "p")
+    _run("distill", 2, tmp_path / "fsdp", fsdp, tiny_demos, teacher=tmp_path / "t", probe=tmp_path / "p")
+    s = _summary(tmp_path / "fsdp")
+    assert s["processes"] == 2 and s["steps"] == STEPS
+    d1, ddp, sh = (load_tensors(tmp_path / d / "model.safetensors", d) for d in ("d1", "ddp", "fsdp"))
+    assert ddp.keys() == sh.keys()
+    t = load_tensors(tmp_path / "t" / "model.safetensors", "teacher")
+    init = {f"vla.{k}": v for k, v in t.items()}  # the student starts as the teacher
+    assert _relative_gap(ddp, sh, init) < 1e-3  # the same arithmetic, sharded
+    assert _relative_gap(d1, sh, init) < 0.1
+    ckpt = tmp_path / "fsdp" / "ckpt"
+    latest = json.loads((ckpt / "latest.json").read_text())
+    assert sorted(p.name for p in (ckpt / latest["folder"]).iterdir() if p.name.startswith("rng-")) == ["rng-0.safetensors",
+                                                                                                      "rng-1.safetensors"]
+    # kill rank 1 at its 4th loss call (step 3: after the checkpoint at step 2), then run again
+    longer = {**fsdp, "train": {**fsdp["train"], "steps": 6, "checkpoint_every": 2}}
+    cfg_path = tmp_path / "longer.json"
+    cfg_path.write_text(json.dumps(longer))
+    common = [HELPER, str(cfg_path), str(tmp_path / "t"), str(tmp_path / "p"), str(tiny_demos)]
+    died = _torchrun(common + [str(tmp_path / "killed"), "4"], check=False)
+    assert died.returncode != 0 and not (tmp_path / "killed" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "killed" / "ckpt" / "latest.json").read_text())["step"] == 2
+    _torchrun(common + [str(tmp_path / "killed"), "-1"])  # resumes from step 2
+    _torchrun(common + [str(tmp_path / "whole"), "-1"])  # never interrupted
+    a, b = (load_tensors(tmp_path / d / "model.safetensors", d) for d in ("killed", "whole"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "killed" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 5]  # each logged step once, across the kill

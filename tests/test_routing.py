@@ -143,6 +143,19 @@ def test_running_threshold_converges_and_train_and_deploy_masks_agree():
     assert torch.equal(student.layer_mask(h0), train_mask)
 
 
+def test_a_threshold_set_from_data_passes_exactly_the_budget_on_that_data():
+    """threshold_source="data": the deployed threshold comes from the final router's logits, not from a running
+    average that lags a drifting logit level."""
+    student, _, cfg = _student(gating="quantile", rho=0.5, momentum=0.1)
+    h0 = student.vla.embed(_batch(cfg, 32))
+    with torch.no_grad():
+        student.running_threshold.fill_(1e3)  # a stale running estimate far above every logit
+        thr = student.set_threshold_from(student.router.logits(h0))
+    assert float(student.running_threshold) == pytest.approx(thr)
+    student.finish_training().eval()
+    assert int(student.layer_mask(h0).sum()) == round(0.5 * 32 * 6)
+
+
 def test_eval_mode_does_not_move_the_running_threshold():
     student, _, cfg = _student(gating="quantile", rho=0.5)
     h0 = student.vla.embed(_batch(cfg, 4))

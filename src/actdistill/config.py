@@ -42,6 +42,8 @@ MT50_TASKS: tuple[str, ...] = (
 SUITE_TASKS: dict[str, tuple[str, ...]] = {"mt10": MT10_TASKS, "mt50": MT50_TASKS}
 DECODERS: tuple[str, ...] = ("llama", "qwen2", "mistral", "gemma", "gemma2", "gemma3")
 HEADS: tuple[str, ...] = ("regression", "diffusion", "discrete")  # action-head families (models/heads.py)
+SHARDINGS: tuple[str, ...] = ("none", "fsdp")  # how training spreads a model over processes (sharding.py)
+PRECISIONS: tuple[str, ...] = ("no", "bf16")  # training compute precision
 GATINGS: tuple[str, ...] = ("threshold", "quantile")  # training gates of the router (distill/routing.py)
 STREAM_NORMS: tuple[str, ...] = ("none", "terms", "initial")  # distillation stream scales (distill/losses.py)
 # Observation perturbations of the evaluator (sim/perturb.py): kind -> (unit of its level, smallest, largest level).
@@ -304,8 +306,18 @@ class TrainConfig(_Base):
     checkpoint_every: int = 500
     seed: int = 0
     num_threads: int = 0  # 0: torch default
+    # "fsdp": parameters, gradients and optimizer state sharded over the processes (FSDP2, per decoder layer);
+    # needs a launch with 2+ processes. Also chosen by `accelerate launch --use_fsdp`.
+    sharding: str = "none"
+    mixed_precision: str = "no"  # "bf16": compute in bfloat16 (weights, gradients reduced and optimizer in fp32)
+    activation_checkpointing: bool = False  # recompute each decoder layer's activations in the backward pass
+
+    _LATER_FIELDS = ("sharding", "mixed_precision", "activation_checkpointing")
 
     def __post_init__(self) -> None:
+        _check(self.sharding in SHARDINGS, f"TrainConfig.sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}.")
+        _check(self.mixed_precision in PRECISIONS,
+               f"TrainConfig.mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}.")
         _positive(self, "steps", "batch_size", "lr", "checkpoint_every", "grad_clip")
         _check(self.weight_decay >= 0, "TrainConfig.weight_decay must be >= 0.")
         _check(self.warmup_steps >= 0, "TrainConfig.warmup_steps must be >= 0.")
@@ -365,10 +377,14 @@ class DistillConfig(_Base):
     # gates pass, and the running estimate of that threshold is the deployed one (no calibration needed)
     gating: str = "threshold"
     threshold_momentum: float = 0.1  # quantile gating: update rate of the running threshold
+    # quantile gating, the deployed threshold: "running" (the running estimate over training batches) or "data" (set
+    # after training from the final router's logits on evenly spread training frames; no lag behind a drifting
+    # logit level, which quantile gating leaves free)
+    threshold_source: str = "running"
     always_run: int = 0  # hybrid depth: this many layers run for every input (those that change their input most)
     stream_norm: str = "none"  # "none", "terms" (mean instead of sum), "initial" (each stream / its value at start)
 
-    _LATER_FIELDS = ("gating", "threshold_momentum", "always_run", "stream_norm")
+    _LATER_FIELDS = ("gating", "threshold_momentum", "always_run", "stream_norm", "threshold_source")
 
     def __post_init__(self) -> None:
         _check(0.0 < self.rho <= 1.0, f"DistillConfig.rho must be in (0, 1], got {self.rho}.")
@@ -380,6 +396,8 @@ class DistillConfig(_Base):
         _check(self.soft_warmup_steps >= 0, "DistillConfig.soft_warmup_steps must be >= 0.")
         _check(self.gating in GATINGS, f"DistillConfig.gating must be one of {', '.join(GATINGS)}, got {self.gating!r}.")
         _check(0.0 < self.threshold_momentum <= 1.0, "DistillConfig.threshold_momentum must be in (0, 1].")
+        _check(self.threshold_source in ("running", "data"),
+               f"DistillConfig.threshold_source must be 'running' or 'data', got {self.threshold_source!r}.")
         _check(self.always_run >= 0, "DistillConfig.always_run must be >= 0.")
         _check(self.stream_norm in STREAM_NORMS,
                f"DistillConfig.stream_norm must be one of {', '.join(STREAM_NORMS)}, got {self.stream_norm!r}.")

@@ -32,6 +32,8 @@ from tqdm.auto import tqdm
 from actdistill.artifacts import ArtifactError, atomic_save_tensors, atomic_write_json, hash_json, load_tensors, read_json
 from actdistill.config import ConfigError, TrainConfig
 from actdistill.constants import OBS_IMAGE, TRAIN_META_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
+from actdistill.sharding import (consolidate, grad_norm_value, load_sharded, save_sharded, set_activation_checkpointing,
+                                 shard_model)
 
 
 LATEST_FILE = "latest.json"
@@ -81,19 +83,23 @@ def main_process_writes(out_dir: Path, write: Callable[[], dict]) -> dict:
     return summary if summary is not None else read_json(Path(out_dir) / HEADER_FILE, "the header the main process wrote")["summary"]
 
 
-def check_engine(distributed_type, stage: str) -> None:
-    """Refuse the engines whose sharded parameters this loop cannot handle, before any work is done.
+def check_engine(distributed_type, stage: str, sharding: str = "none", processes: int = 1) -> bool:
+    """Whether this training is sharded (FSDP), refusing, before any work is done, what the loop cannot run.
 
-    Checkpoints are written from the main process's full weights and optimizer state, and the loss functions
-    call the head and the probes outside the wrapper's forward: both need every parameter whole on every rank,
-    which data parallelism (DDP) gives and FSDP / DeepSpeed ZeRO do not.
-    """
+    FSDP comes from `TrainConfig.sharding="fsdp"` or from `accelerate launch --use_fsdp`; it needs 2+ processes.
+    DeepSpeed is refused: the loop's sharded path is FSDP2 (sharding.py), whose checkpoints and consolidation it
+    writes itself."""
     from accelerate.utils import DistributedType
 
-    if distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    if distributed_type == DistributedType.DEEPSPEED:
         raise ConfigError(
-            f"{stage}: {distributed_type.value} is not supported (this loop needs every parameter whole on every rank); "
-            "launch with data parallelism instead (`accelerate launch --multi_gpu --num_processes N`, or `torchrun`).")
+            f"{stage}: DeepSpeed is not supported (the loop shards with FSDP2 and checkpoints itself); set "
+            "train.sharding=fsdp, or use `accelerate launch --use_fsdp`, instead.")
+    sharded = sharding == "fsdp" or distributed_type == DistributedType.FSDP
+    if sharded and processes < 2:
+        raise ConfigError(f"{stage}: FSDP sharding needs 2 or more processes (torchrun --nproc-per-node N, or accelerate "
+                          "launch --num_processes N); one process trains whole (train.sharding=none).")
+    return sharded
 
 
 def batch_indices(n: int, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
@@ -173,26 +179,37 @@ def train_loop(
     # Unused parameters are normal here (a wrapped decoder's token embedding when embeddings are fed in, a
     # user's VLA parts that the loss does not reach); DDP must not wait for their gradients.
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision="bf16" if cfg.mixed_precision == "bf16" else "no",
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    check_engine(accelerator.distributed_type, stage)
+    sharded = check_engine(accelerator.distributed_type, stage, cfg.sharding, accelerator.num_processes)
     set_seed(cfg.seed)
     loss_fn = loss_fn or (lambda m, b, s: m(b))
-    groups = [(list(params if params is not None else model.parameters()), 1.0)] + list(extra_groups or [])
+    set_activation_checkpointing(model, cfg.activation_checkpointing)
+    # optimizer groups by parameter name, so that they can be resolved in a sharded copy of the model as well
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = [([names[id(p)] for p in (params if params is not None else model.parameters()) if p.requires_grad], 1.0)]
+    groups += [([names[id(p)] for p in ps if p.requires_grad], scale) for ps, scale in (extra_groups or [])]
+    whole = model
+    if sharded:
+        model = shard_model(model, accelerator.device, cfg.mixed_precision)
+    by_name = dict(model.named_parameters())
     opt_groups = []
-    for group_params, lr_scale in groups:
-        group_params = [p for p in group_params if p.requires_grad]
-        opt_groups += [{"params": [p for p in group_params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": cfg.lr * lr_scale},
-                       {"params": [p for p in group_params if p.ndim < 2], "weight_decay": 0.0, "lr": cfg.lr * lr_scale}]
+    for group_names, lr_scale in groups:
+        ps = [by_name[n] for n in group_names]
+        opt_groups += [{"params": [p for p in ps if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": cfg.lr * lr_scale},
+                       {"params": [p for p in ps if p.ndim < 2], "weight_decay": 0.0, "lr": cfg.lr * lr_scale}]
     params = [p for g in opt_groups for p in g["params"]]
     opt = torch.optim.AdamW(opt_groups, lr=cfg.lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup_steps))
     identity_hash = hash_json({"stage": stage, "train": cfg.to_dict(), **(identity or {})})
+    layout = {"sharded": sharded, "processes": accelerator.num_processes} if sharded else {}
 
     start = 0
     if (ckpt_dir / LATEST_FILE).is_file():
-        start = _load_checkpoint(ckpt_dir, stage, identity_hash, model, opt, sched)
+        start = _load_checkpoint(ckpt_dir, stage, identity_hash, model, opt, sched, layout, accelerator.process_index)
 
-    model, opt = accelerator.prepare(model, opt)
+    if not sharded:
+        model, opt = accelerator.prepare(model, opt)
     model.train()
     history: list[dict] = []
     t0 = time.time()
@@ -216,7 +233,10 @@ def train_loop(
                 "(lower the learning rate and resume).")
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        grad_norm = float(accelerator.clip_grad_norm_(params, cfg.grad_clip))
+        if sharded:  # DTensor gradients: the norm is reduced over the shards
+            grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        else:
+            grad_norm = float(accelerator.clip_grad_norm_(params, cfg.grad_clip))
         if not math.isfinite(grad_norm):
             raise TrainingDiverged(
                 f"{stage}: the gradient norm became {grad_norm} at step {step} (finite loss {loss.item():.4g}); the last good "
@@ -230,16 +250,24 @@ def train_loop(
             history.append(rec)
             bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if isinstance(v, float)})
         done = step + 1
-        if (done % cfg.checkpoint_every == 0 or done == end) and accelerator.is_main_process:
-            _save_checkpoint(ckpt_dir, done, identity_hash, accelerator.unwrap_model(model), opt, sched)
-            _append_log(out_dir, history[logged:])  # the log holds exactly the steps the checkpoint has done
-            logged = len(history)
+        if done % cfg.checkpoint_every == 0 or done == end:
+            if sharded:  # every process writes its shards; the main process then points latest.json at them
+                _save_sharded_checkpoint(ckpt_dir, done, identity_hash, model, opt, sched, layout, accelerator)
+            elif accelerator.is_main_process:
+                _save_checkpoint(ckpt_dir, done, identity_hash, accelerator.unwrap_model(model), opt, sched)
+            if accelerator.is_main_process:
+                _append_log(out_dir, history[logged:])  # the log holds exactly the steps the checkpoint has done
+                logged = len(history)
         accelerator.wait_for_everyone()
     bar.close()
-    model = accelerator.unwrap_model(model)
+    if sharded:
+        consolidate(model, whole, accelerator.is_main_process)
+        model = whole
+    else:
+        model = accelerator.unwrap_model(model)
     model.eval()
     hashes = None
-    if accelerator.num_processes > 1:  # data-parallel ranks must end with the same weights
+    if accelerator.num_processes > 1 and not sharded:  # data-parallel ranks must end with the same weights
         from accelerate.utils import gather_object
 
         from actdistill.artifacts import hash_tensors
@@ -275,9 +303,30 @@ def _save_checkpoint(ckpt_dir: Path, step: int, identity: str, model: nn.Module,
             shutil.rmtree(old)
 
 
+def _save_sharded_checkpoint(ckpt_dir: Path, step: int, identity: str, model: nn.Module, opt: torch.optim.Optimizer,
+                             sched, layout: dict, accelerator) -> None:
+    """Sharded weights and optimizer state (torch distributed checkpoint) plus each process's RNG state, all in a
+    fresh folder; only when every process has written does the main process write latest.json."""
+    folder = ckpt_dir / f"step-{step:07d}"
+    if accelerator.is_main_process and folder.exists():
+        shutil.rmtree(folder)
+    accelerator.wait_for_everyone()
+    save_sharded(folder, model, opt)
+    atomic_save_tensors(folder / f"rng-{accelerator.process_index}.safetensors", {"rng.torch": torch.get_rng_state()})
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_json(folder / TRAIN_META_FILE, {"step": step, "identity": identity, "scheduler": sched.state_dict(),
+                                                     **layout})
+        atomic_write_json(ckpt_dir / LATEST_FILE, {"step": step, "folder": folder.name, "identity": identity})
+        for old in ckpt_dir.glob("step-*"):
+            if old.is_dir() and old.name != folder.name:
+                shutil.rmtree(old)
+
+
 def _load_checkpoint(ckpt_dir: Path, stage: str, identity: str, model: nn.Module, opt: torch.optim.Optimizer,
-                     sched) -> int:
-    """Restore the checkpoint `latest.json` names; returns its step."""
+                     sched, layout: dict | None = None, rank: int = 0) -> int:
+    """Restore the checkpoint `latest.json` names; returns its step. `layout`: the sharded launch of this run
+    ({} when not sharded); a checkpoint of another layout is refused."""
     latest = read_json(ckpt_dir / LATEST_FILE, f"the {stage} checkpoint pointer")
     if latest.get("identity") != identity:
         raise ArtifactError(
@@ -287,6 +336,18 @@ def _load_checkpoint(ckpt_dir: Path, stage: str, identity: str, model: nn.Module
     meta = read_json(folder / TRAIN_META_FILE, f"the {stage} checkpoint state")
     if meta.get("step") != latest.get("step") or meta.get("identity") != identity:
         raise ArtifactError(f"The {stage} checkpoint in {folder} does not match {ckpt_dir / LATEST_FILE}; delete {ckpt_dir} and rerun.")
+    was = {k: meta[k] for k in ("sharded", "processes") if k in meta}
+    if was != (layout or {}):
+        def say(d: dict) -> str:
+            return f"sharded over {d['processes']} processes" if d else "unsharded"
+        raise ArtifactError(f"The {stage} checkpoint in {folder} was written {say(was)} and this run is {say(layout or {})}; "
+                            "resume it with the same launch, or delete the checkpoint folder.")
+    if layout:
+        load_sharded(folder, model, opt)
+        sched.load_state_dict(meta["scheduler"])
+        rng = load_tensors(folder / f"rng-{rank}.safetensors", f"the {stage} checkpoint RNG state")["rng.torch"]
+        torch.set_rng_state(rng)
+        return int(meta["step"])
     try:
         model.load_state_dict(load_tensors(folder / WEIGHTS_FILE, f"the {stage} checkpoint weights"), strict=True)
     except RuntimeError as err:

@@ -40,6 +40,10 @@ VARIANTS: dict[str, dict] = {
     # the winners of the single changes, combined (candidates for the default)
     "norm-initial+quantile": {"distill.stream_norm": "initial", "distill.gating": "quantile", "export.calib_rounds": 1},
     "norm-initial+settle": {"distill.stream_norm": "initial", "export.settle_steps": 300},
+    # quantile gating whose deployed threshold is set from the final router on training frames (no running-average lag)
+    "quantile-data": {"distill.gating": "quantile", "distill.threshold_source": "data", "export.calib_rounds": 1},
+    "norm-initial+quantile-data": {"distill.stream_norm": "initial", "distill.gating": "quantile",
+                                   "distill.threshold_source": "data", "export.calib_rounds": 1},
 }
 
 

@@ -46,8 +46,7 @@ def static_prune_student(teacher: ReferenceVLA, keep: int, similarity: torch.Ten
 
 
 def task_loss(model: RoutedStudent, batch: dict) -> tuple[torch.Tensor, dict]:
-    out = model(batch)  # through the DDP wrapper when several processes train
-    loss = unwrap(model).vla.task_loss(out["final"], batch)
+    loss = model(batch)["task_loss"]  # through the DDP wrapper when several processes train
     return loss, {"loss": loss.item()}
 
 

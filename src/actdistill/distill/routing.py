@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from actdistill.config import GATINGS, ModelConfig
+from actdistill.constants import ACTION
 from actdistill.models.contract import check_spans, check_vla
 from actdistill.models.policy import PolicyMixin
 from actdistill.models.vla import ReferenceVLA
@@ -178,6 +179,14 @@ class RoutedStudent(PolicyMixin, nn.Module):
         m = torch.ones_like(logits).index_copy(1, torch.tensor(routed, device=g.device), m_r)
         return g, m
 
+    @torch.no_grad()
+    def set_threshold_from(self, logits: torch.Tensor) -> float:
+        """Quantile gating: set the deployed threshold from gate logits (S, L) of the final router on a sample of
+        inputs, so that exactly the budget's share of their routed gates pass; returns it."""
+        _, thr, _ = quantile_gate(logits[:, list(self.routed_layers)], self.routed_keep)
+        self.running_threshold.copy_(thr)
+        return float(thr)
+
     def finish_training(self) -> RoutedStudent:
         """Fold the training gate into `router.gate_bias`: afterwards m = 1[sigmoid(logit) >= tau] gives the masks
         training converged to (quantile: logit >= running threshold; always-run layers: on for every input)."""
@@ -212,6 +221,8 @@ class RoutedStudent(PolicyMixin, nn.Module):
             out["action"] = self.vla.action_head(final)
         if self.probes is not None:
             out["semantic"], out["probe_action"] = self.probes(hidden)
+        if ACTION in batch:  # the head's own loss inside the forward: under FSDP no parameter is read outside it
+            out["task_loss"] = self.vla.task_loss(final, batch)
         return out
 
     def forward(self, batch: dict, soft: bool = False) -> dict:

@@ -50,7 +50,7 @@ def _streams(student: RoutedStudent, out: dict, batch: dict, cache, cfg: Distill
     device = out["final"].device
     z_t, a_t = z_t.to(device), a_t.to(device)
     w = layer_weights(student.num_layers, cfg.gamma).to(device)
-    l_task = student.vla.task_loss(out["final"], batch)  # the head family's own loss
+    l_task = out["task_loss"]  # the head family's own loss, computed inside the forward
     l_sem = semantic_loss(out["semantic"], z_t, w, cfg.eta)
     l_act = action_stream_loss(out["probe_action"], batch[ACTION], a_t, w, batch.get(ACTION_PAD))
     return l_task, l_sem, l_act
@@ -124,6 +124,11 @@ def distill_student(cfg: DistillConfig, teacher, probes, cache, data: FrameDatas
                         progress=progress, stop_after=stop_after)
     if result.steps < cfg.train.steps:
         return student, {"stopped_at": result.steps}
+    thresholds = {}
+    if cfg.gating == "quantile":
+        thresholds["running_threshold"] = float(student.running_threshold)
+        if cfg.threshold_source == "data":
+            thresholds["data_threshold"] = student.set_threshold_from(_gate_logits(student, data))
     student.finish_training()  # the training gate folded into the router's bias: a plain routed student
 
     def write() -> dict:
@@ -136,6 +141,7 @@ def distill_student(cfg: DistillConfig, teacher, probes, cache, data: FrameDatas
                    "final": {k: round(v, 5) for k, v in last.items() if isinstance(v, float)},
                    "train_keep_ratio": round(float(gate_means.mean()), 4),
                    "gate_mean_per_layer": [round(float(v), 4) for v in gate_means], "always_run_layers": list(always),
+                   **thresholds,
                    **({"initial_streams": [float(v) for v in initial]} if initial is not None else {}),
                    **distributed_summary(result)}
         write_header(out_dir, make_header("distill", cfg.to_dict(), inputs={"teacher": teacher_hash, "cache": cache.fingerprint},
@@ -150,11 +156,20 @@ def routing_options(cfg: DistillConfig, always: tuple[int, ...]) -> dict:
     return {"gating": cfg.gating, "rho": cfg.rho, "always_run": always, "momentum": cfg.threshold_momentum}
 
 
+def _spread(data: FrameDataset, n: int) -> torch.Tensor:
+    return torch.linspace(0, len(data) - 1, min(n, len(data))).long()
+
+
 @torch.no_grad()
 def _gate_means(student: RoutedStudent, data: FrameDataset, n: int = 2048) -> torch.Tensor:
     """Per-layer fraction of training frames whose gate is on (hard), over an evenly spread subset."""
-    idx = torch.linspace(0, len(data) - 1, min(n, len(data))).long()
     masks = []
-    for chunk in idx.split(256):
+    for chunk in _spread(data, n).split(256):
         masks.append(student.layer_mask(student.vla.embed(data.batch(chunk))).float())
     return torch.cat(masks).mean(0)
+
+
+@torch.no_grad()
+def _gate_logits(student: RoutedStudent, data: FrameDataset, n: int = 2048) -> torch.Tensor:
+    """Gate logits (n, L) of the router on evenly spread training frames (no augmentation)."""
+    return torch.cat([student.router.logits(student.vla.embed(data.batch(chunk))) for chunk in _spread(data, n).split(256)])

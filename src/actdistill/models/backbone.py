@@ -97,6 +97,9 @@ class DecoderBackbone(nn.Module):
             if unknown:
                 raise AdapterError(f"{type(self.model).__name__} has layer types {unknown}; supported: {sorted(MASKS)}.")
         self.layer_types = candidates[0]
+        # activation checkpointing per decoder layer while training (TrainConfig.activation_checkpointing): a layer's
+        # activations are recomputed in the backward pass instead of kept
+        self.checkpointing = False
         if verify and not any(p.is_meta for p in self.model.parameters()):
             self._choose_verified(candidates)
 
@@ -191,6 +194,13 @@ class DecoderBackbone(nn.Module):
         return LayerContext(rope, masks, position_ids)
 
     def layer(self, i: int, h: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(self._layer, i, h, ctx, use_reentrant=False)
+        return self._layer(i, h, ctx)
+
+    def _layer(self, i: int, h: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
         t = self.layer_types[i]
         out = self.model.layers[i](h, attention_mask=ctx.masks[t], position_embeddings=ctx.position_embeddings[t],
                                    position_ids=ctx.position_ids)
