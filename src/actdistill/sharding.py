@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from actdistill.artifacts import ArtifactError
 from actdistill.models.backbone import DecoderBackbone
 
 
@@ -73,9 +74,18 @@ def load_sharded(folder: Path, model: nn.Module, opt: torch.optim.Optimizer) -> 
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+
     msd, osd = get_state_dict(model, opt)
+    saved = set(FileSystemReader(str(folder)).read_metadata().state_dict_metadata)
+    missing = [k for k in msd if f"model.{k}" not in saved]
+    if missing:
+        raise ArtifactError(f"The sharded checkpoint in {folder} lacks weights of this model ({missing[0]} and "
+                                 f"{len(missing) - 1} more); delete it or resume with the model that wrote it.")
     state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=str(folder))
+    # partial: a parameter that never had a gradient (a decoder's unused token embedding) has no optimizer state
+    # in the checkpoint, and keeps none here (AdamW skips a parameter without a gradient)
+    dcp.load(state, checkpoint_id=str(folder), planner=DefaultLoadPlanner(allow_partial_load=True))
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
