@@ -55,11 +55,11 @@ def test_training_step_flops_count_the_backward_attention_included():
 
 
 def test_peak_memory_follows_live_tensors():
-    from actdistill.bench.memory import _LiveBytes, peak_memory, weight_bytes
+    from actdistill.bench.memory import LiveBytes, peak_memory, weight_bytes
 
     lin = torch.nn.Linear(256, 256)
     x = torch.randn(64, 256)
-    with torch.no_grad(), _LiveBytes() as mode:
+    with torch.no_grad(), LiveBytes() as mode:
         a = lin(x)  # 64 KiB; the transposed weight is a view and allocates nothing
         big = torch.zeros(1000, 1000)  # 4 MB
         view = big.view(-1)

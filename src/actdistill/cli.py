@@ -202,6 +202,43 @@ def cmd_robustness(args) -> None:
     print(f"results: {Path(args.run) / 'robustness' / 'robustness.json'} (+ robustness.md, gate_flips_*.png)")
 
 
+def cmd_plan(args) -> None:
+    from actdistill.bench.plan import (add_token_embedding, dry_run, model_config_from_transformers, plan_memory, plan_table,
+                                       vla_stage)
+
+    vocab = 0
+    if args.model_config and args.run:
+        raise ConfigError("Give --model-config or --run, not both.")
+    if args.model_config:
+        cfg, vocab, family = model_config_from_transformers(Path(args.model_config), args.tokens)
+        what = f"{family} decoder of {args.model_config} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.seq_len} tokens)"
+    elif args.run:
+        cfg = TeacherConfig.from_dict(_read_run_config(Path(args.run))["teacher"]).model
+        what = f"the teacher of {args.run}"
+    else:
+        cfg = TeacherConfig().model
+        what = "the default reference VLA"
+    run = dry_run(vla_stage(cfg, args.stage, args.batch, activation_checkpointing=args.activation_checkpointing,
+                            mixed_precision=args.mixed_precision))
+    fsdp_run = None
+    if args.mixed_precision == "bf16":  # FSDP computes in gathered bf16 parameters, not under autocast
+        fsdp_run = dry_run(vla_stage(cfg, args.stage, args.batch, activation_checkpointing=args.activation_checkpointing,
+                                     mixed_precision="bf16-params"))
+    if vocab:
+        run = add_token_embedding(run, cfg, vocab, trained=args.stage != "probe")
+        fsdp_run = fsdp_run and add_token_embedding(fsdp_run, cfg, vocab, trained=args.stage != "probe")
+    plans = plan_memory(run, args.devices, args.mixed_precision, fsdp_run)
+    print(f"{args.stage} of {what}: batch {args.batch} per device, {args.devices} devices, precision "
+          f"{args.mixed_precision}, activation checkpointing {'on' if args.activation_checkpointing else 'off'}\n")
+    print(plan_table(plans, args.device_memory))
+
+
+def _read_run_config(run: Path) -> dict:
+    from actdistill.artifacts import read_json
+
+    return read_json(run / "config.json", "the run config")
+
+
 def cmd_run(args) -> None:
     from actdistill.pipeline import run_pipeline
 
@@ -406,6 +443,21 @@ def _add_pipeline_commands(sub) -> None:
     rb.add_argument("--episodes", type=int, help="test episodes per task per cell (default 20).")
     _common(rb)
     rb.set_defaults(func=cmd_robustness)
+
+    pl = sub.add_parser("plan", help="per-device memory of a training stage under DDP and FSDP, and whether it fits.",
+                        description="Dry-runs one training step on fake tensors (no memory, no arithmetic) and adds up what "
+                        "it allocates: weights, gradients, AdamW state, activations; then divides what FSDP shards.")
+    pl.add_argument("--model-config", help="a transformers config.json (or its folder): plan its decoder as the student's.")
+    pl.add_argument("--run", help="a run folder: plan its teacher's config (default: the default reference VLA).")
+    pl.add_argument("--tokens", type=int, default=276, help="tokens per sample with --model-config (default 276: 256 "
+                    "image patches and 20 text tokens).")
+    pl.add_argument("--stage", choices=("distill", "train-teacher", "probe"), default="distill")
+    pl.add_argument("--batch", type=int, default=8, help="samples per device and step (default 8).")
+    pl.add_argument("--devices", type=int, default=8)
+    pl.add_argument("--device-memory", type=float, default=80.0, dest="device_memory", help="GiB per device (default 80).")
+    pl.add_argument("--mixed-precision", choices=("no", "bf16"), default="no", dest="mixed_precision")
+    pl.add_argument("--activation-checkpointing", action="store_true", dest="activation_checkpointing")
+    pl.set_defaults(func=cmd_plan, config=None, set=None, no_progress=True)
 
     r = sub.add_parser("run", help="the whole pipeline on the built-in MT10 setting, with a summary.",
                        description="collect -> train-teacher -> evaluate -> probe -> distill -> export -> evaluate student; "

@@ -17,7 +17,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 
-class _LiveBytes(TorchDispatchMode):
+class LiveBytes(TorchDispatchMode):
+    """Live and peak bytes of every tensor an ATen op allocates while the mode is on (also for fake tensors: a
+    storage is known by its StorageImpl, not by its address)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.live = 0
@@ -26,12 +29,12 @@ class _LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor):
                 continue
             storage = t.untyped_storage()
-            key, size = storage.data_ptr(), storage.nbytes()
+            key, size = storage._cdata, storage.nbytes()
             if size == 0 or key in inputs or key in self._tracked:
                 continue
             self._tracked.add(key)
@@ -49,7 +52,7 @@ def weight_bytes(module: torch.nn.Module) -> int:
     """Bytes of parameters and buffers (shared tensors counted once)."""
     seen: dict[int, int] = {}
     for t in list(module.parameters()) + list(module.buffers()):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        seen[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
     return sum(seen.values())
 
 
@@ -66,7 +69,7 @@ def peak_memory(policy, batch: dict) -> dict[str, float]:
         torch.cuda.synchronize(device)
         act = torch.cuda.max_memory_allocated(device) - base
     else:
-        mode = _LiveBytes()
+        mode = LiveBytes()
         with mode:
             policy.predict(batch)
         act = mode.peak

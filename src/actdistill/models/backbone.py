@@ -12,6 +12,7 @@ import inspect
 from dataclasses import dataclass
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 from torch import nn
 from transformers import AutoModel, Gemma2Config, Gemma3TextConfig, GemmaConfig, LlamaConfig, MistralConfig, Qwen2Config
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
@@ -82,7 +83,7 @@ class DecoderBackbone(nn.Module):
         backbone then drives it without holding it as a submodule, so its weights are stored once.
 
         `verify` runs the layer loop and the model's own forward on one small random input and refuses, in one
-        sentence, a model whose forward does something the loop does not (skipped only for meta-device weights)."""
+        sentence, a model whose forward does something the loop does not (skipped for meta-device and fake weights)."""
         super().__init__()
         decoder = find_decoder(model)
         if register:
@@ -100,7 +101,7 @@ class DecoderBackbone(nn.Module):
         # activation checkpointing per decoder layer while training (TrainConfig.activation_checkpointing): a layer's
         # activations are recomputed in the backward pass instead of kept
         self.checkpointing = False
-        if verify and not any(p.is_meta for p in self.model.parameters()):
+        if verify and not any(p.is_meta or is_fake(p) for p in self.model.parameters()):  # no values to compare
             self._choose_verified(candidates)
 
     def _candidate_layer_types(self) -> list[list[str]]:

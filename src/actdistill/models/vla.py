@@ -91,7 +91,7 @@ class ReferenceVLA(PolicyMixin, nn.Module):
         """Token embeddings before layer 0: (B, N, D)."""
         img = batch[OBS_IMAGE]
         if img.dtype == torch.uint8:  # (B, H, W, 3) uint8 -> (B, 3, H, W) in [-0.5, 0.5]
-            img = img.permute(0, 3, 1, 2).float() / 255.0 - 0.5
+            img = img.permute(0, 3, 1, 2).to(self.queries.dtype) / 255.0 - 0.5  # the model's own dtype (float32 unless built in bf16)
         b = img.shape[0]
         d = self.config.hidden_size
         state = (batch[OBS_STATE] - self.state_mean) / self.state_std
