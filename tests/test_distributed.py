@@ -170,3 +170,13 @@ def test_fsdp_distillation_matches_ddp_and_one_process_and_resumes_after_a_rank_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "killed" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [0, 5]  # each logged step once, across the kill
+
+
+def test_plan_predicts_the_peak_memory_of_a_sharded_step_within_15_percent():
+    """Two gloo processes shard the tiny student (FSDP) and take one distillation step; each rank's measured peak
+    (every tensor allocated, from sharding to the optimizer step) is within 15% of `actdistill plan`'s FSDP total."""
+    helper = os.path.join(os.path.dirname(__file__), "helpers", "fsdp_step_memory.py")
+    proc = _torchrun([helper, "tiny", "16"])
+    res = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    for measured in res["measured_MiB_per_rank"]:
+        assert abs(res["plan_FSDP_MiB"] - measured) / measured < 0.15, res

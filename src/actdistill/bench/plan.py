@@ -131,7 +131,7 @@ def plan_memory(run: DryRun, devices: int, mixed_precision: str = "no", fsdp_run
 
 # --- what to dry-run --------------------------------------------------------------------------------------------
 
-def _vla_batch(cfg: ModelConfig, b: int) -> dict:
+def vla_batch(cfg: ModelConfig, b: int) -> dict:
     return {OBS_IMAGE: torch.zeros(b, cfg.image_size, cfg.image_size, 3, dtype=torch.uint8),
             OBS_STATE: torch.zeros(b, cfg.state_dim), OBS_LANG: torch.zeros(b, cfg.lang_dim),
             ACTION: torch.zeros(b, cfg.chunk_size, cfg.action_dim)}
@@ -152,7 +152,7 @@ def vla_stage(cfg: ModelConfig, stage: str, batch: int, probe: ProbeConfig | Non
                            probe.affinity_dim, probe.k, probe.heads, action_dim=cfg.action_dim)
 
     def build():
-        data = _vla_batch(cfg, batch)
+        data = vla_batch(cfg, batch)
         teacher = ReferenceVLA(cfg)
         if stage == "train-teacher":
             # the teacher's forward without its logging (`.item()` needs values)
