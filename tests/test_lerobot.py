@@ -52,3 +52,72 @@ def test_broken_datasets_are_one_sentence(tiny_demos, tmp_path):
     (root / "meta/info.json").write_text("{")
     with pytest.raises(ArtifactError, match="not valid JSON"):
         read_demos(root)
+
+
+def test_episodes_spread_over_several_files_read_like_one_file(tiny_demos, tmp_path):
+    demos = read_demos(tiny_demos)
+    one = read_demos(write_lerobot(demos, tmp_path / "one"))
+    root = write_lerobot(demos, tmp_path / "many", episodes_per_file=1)
+    assert len(list((root / "data/chunk-000").glob("file-*.parquet"))) == len(demos.demos)
+    many = read_demos(root)
+    assert many.content_hash == one.content_hash  # the same frames, states, actions and instructions
+
+
+def test_a_view_names_the_features_every_stage_reads(tiny_demos, tmp_path):
+    """A multi-camera dataset cannot be read without naming a camera; `actdistill lerobot-view` names it once, and the
+    view is a dataset for every stage (here: train-teacher through the CLI)."""
+    import subprocess
+    import sys
+
+    demos = read_demos(tiny_demos)
+    root = write_lerobot(demos, tmp_path / "ds", camera="observation.images.front")
+    info = json.loads((root / "meta/info.json").read_text())
+    info["features"]["observation.images.wrist"] = info["features"]["observation.images.front"]  # a second camera
+    (root / "meta/info.json").write_text(json.dumps(info))
+    import shutil
+
+    shutil.copytree(root / "videos/observation.images.front", root / "videos/observation.images.wrist")
+    with pytest.raises(ArtifactError, match="has 2 cameras"):
+        read_demos(root)
+    cli = [sys.executable, "-m", "actdistill.cli"]
+    proc = subprocess.run(cli + ["lerobot-view", "--data", str(root), "--image-key", "observation.images.front",
+                                 "--out", str(tmp_path / "view")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    view = read_demos(tmp_path / "view")
+    assert view.content_hash == read_lerobot(root, image_key="observation.images.front").content_hash
+    assert view.fingerprint != read_lerobot(root, image_key="observation.images.wrist").fingerprint  # the camera counts
+    cfg = {"model": {"image_size": 32, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
+                     "intermediate_size": 64, "patch_size": 8, "chunk_size": 4},
+           "train": {"steps": 2, "batch_size": 4, "checkpoint_every": 2, "warmup_steps": 1}}
+    (tmp_path / "t.json").write_text(json.dumps(cfg))
+    proc = subprocess.run(cli + ["train-teacher", "--data", str(tmp_path / "view"), "--out", str(tmp_path / "t"),
+                                 "--config", str(tmp_path / "t.json"), "--no-progress"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bad = subprocess.run(cli + ["lerobot-view", "--data", str(root), "--image-key", "observation.images.top",
+                                "--out", str(tmp_path / "v2")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "no image feature 'observation.images.top'" in bad.stderr
+    assert not (tmp_path / "v2").exists()
+
+
+def test_malformed_multi_file_datasets_are_one_sentence(tiny_demos, tmp_path):
+    demos = read_demos(tiny_demos)
+    root = write_lerobot(demos, tmp_path / "ds", episodes_per_file=1)
+    (root / "data/chunk-000/file-001.parquet").unlink()
+    with pytest.raises(ArtifactError, match="data file data/chunk-000/file-001.parquet of episode 1 is missing"):
+        read_demos(root)
+    root = write_lerobot(demos, tmp_path / "short", episodes_per_file=2)
+    from actdistill.data.lerobot import _encode  # a video shorter than its parquet rows
+    frames = np.concatenate([d.images for d in demos.demos[:2]])[:-3]
+    _encode(frames, root / "videos/observation.image/chunk-000/file-000.mp4", 80)
+    with pytest.raises(ArtifactError, match="shorter than its parquet rows"):
+        read_demos(root)
+    root = write_lerobot(demos, tmp_path / "fps")
+    info = json.loads((root / "meta/info.json").read_text())
+    info["fps"] = 30
+    (root / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(ArtifactError, match="runs at 80 fps and the dataset at 30"):
+        read_demos(root)
+    (root / "meta/info.json").unlink()
+    with pytest.raises(ArtifactError):
+        read_demos(root)

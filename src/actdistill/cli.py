@@ -112,6 +112,14 @@ def cmd_train_teacher(args) -> None:
     print(f"\nwrote {s['weights']}")
 
 
+def cmd_lerobot_view(args) -> None:
+    from actdistill.data.lerobot import write_view
+
+    out = write_view(Path(args.data), Path(args.out), args.image_key, args.state_key)
+    print(f"wrote {out}: pass it as --data to any stage (it reads {args.data} with image {args.image_key or '(its one camera)'} "
+          f"and state {args.state_key})")
+
+
 def cmd_evaluate(args) -> None:
     from actdistill.pipeline import evaluate_stage
     from actdistill.registry import load_policy
@@ -344,6 +352,15 @@ def _add_data_commands(sub) -> None:
     t.add_argument("--seed", type=int)
     _common(t)
     t.set_defaults(func=cmd_train_teacher)
+
+    v = sub.add_parser("lerobot-view", help="name the camera and state features of a LeRobot dataset once, for every stage.",
+                       description="Write a small folder that every stage's --data reads as the LeRobot dataset it names, "
+                       "with these features (the dataset itself is not touched).")
+    v.add_argument("--data", required=True, help="a LeRobotDataset v3 folder.")
+    v.add_argument("--out", required=True, help="the view folder to write.")
+    v.add_argument("--image-key", dest="image_key", help="the camera feature (default: the dataset's one camera).")
+    v.add_argument("--state-key", dest="state_key", default="observation.state", help="the state feature.")
+    v.set_defaults(func=cmd_lerobot_view)
 
     e = sub.add_parser("evaluate", help="closed-loop MT10 success of a policy on held-out placements.",
                        description="Evaluate a teacher or exported student in closed loop; writes results.json and results.md.")

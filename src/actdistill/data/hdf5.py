@@ -22,7 +22,7 @@ import numpy as np
 
 from actdistill.artifacts import ArtifactError, hash_file, write_failed
 from actdistill.data.demos import Demo, DemoSet, hash_demo_into, content_hash
-from actdistill.data.lerobot import is_lerobot_dataset, read_lerobot
+from actdistill.data.lerobot import is_lerobot_dataset, is_view, read_lerobot, read_view
 
 __all__ = ["Demo", "DemoSet", "DemoWriter", "content_hash", "read_demos"]
 
@@ -89,6 +89,8 @@ def read_demos(path: Path, image_key: str = "obs/image", state_key: str = "obs/s
     incomplete one. (For a LeRobot folder the keys are its feature names; the defaults pick its one camera and
     `observation.state`.)"""
     path = Path(path)
+    if is_view(path):
+        return read_view(path)
     if is_lerobot_dataset(path):
         return read_lerobot(path, None if image_key == "obs/image" else image_key,
                             "observation.state" if state_key == "obs/state" else state_key)
