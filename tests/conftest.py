@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ TINY_TASKS = ("reach-v3", "drawer-close-v3")
 
 # The tests are an application, like the CLI: they choose offscreen EGL rendering unless the caller chose a renderer.
 os.environ.setdefault("MUJOCO_GL", "egl")
+# decoded LeRobot videos are cached under a temporary folder, not in the user's ~/.cache
+os.environ.setdefault("ACTDISTILL_CACHE", tempfile.mkdtemp(prefix="actdistill-cache-"))
 
 
 def tiny_model_config(**kw) -> ModelConfig:

@@ -121,3 +121,18 @@ def test_malformed_multi_file_datasets_are_one_sentence(tiny_demos, tmp_path):
     (root / "meta/info.json").unlink()
     with pytest.raises(ArtifactError):
         read_demos(root)
+
+
+def test_a_video_is_decoded_once_then_read_from_the_frame_cache(tiny_demos, tmp_path, monkeypatch):
+    import actdistill.data.lerobot as lr
+
+    monkeypatch.setenv("ACTDISTILL_CACHE", str(tmp_path / "cache"))
+    root = write_lerobot(read_demos(tiny_demos), tmp_path / "ds")
+    first = read_demos(root)
+    monkeypatch.setattr(lr, "_decode_video", lambda path: (_ for _ in ()).throw(AssertionError("decoded twice")))
+    again = read_demos(root)
+    assert again.content_hash == first.content_hash
+    (cached,) = (tmp_path / "cache" / "frames").glob("*.npy")
+    cached.write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="decoded-frame cache .* is corrupt"):
+        read_demos(root)
