@@ -152,6 +152,16 @@ def test_fsdp_distillation_matches_ddp_and_one_process_and_resumes_after_a_rank_
     init = {f"vla.{k}": v for k, v in t.items()}  # the student starts as the teacher
     assert _relative_gap(ddp, sh, init) < 1e-3  # the same arithmetic, sharded
     assert _relative_gap(d1, sh, init) < 0.1
+    # teacher training and probing take the same option (the probe stage shards the probes; the teacher stays whole)
+    sharded = {k: {**two[k], "train": {**two[k]["train"], "sharding": "fsdp"}} for k in ("train-teacher", "probe")}
+    _run("train-teacher", 2, tmp_path / "t-ddp", two["train-teacher"], tiny_demos)
+    _run("train-teacher", 2, tmp_path / "t-fsdp", sharded["train-teacher"], tiny_demos)
+    ta, tb = (load_tensors(tmp_path / d / "model.safetensors", d) for d in ("t-ddp", "t-fsdp"))
+    cfg = tiny_teacher_config()
+    torch.manual_seed(cfg.train.seed)
+    assert _relative_gap(ta, tb, ReferenceVLA(cfg.model).state_dict()) < 1e-3
+    _run("probe", 2, tmp_path / "p-fsdp", sharded["probe"], tiny_demos, teacher=tmp_path / "t")
+    assert _summary(tmp_path / "p-fsdp")["processes"] == 2
     ckpt = tmp_path / "fsdp" / "ckpt"
     latest = json.loads((ckpt / "latest.json").read_text())
     assert sorted(p.name for p in (ckpt / latest["folder"]).iterdir() if p.name.startswith("rng-")) == ["rng-0.safetensors",
