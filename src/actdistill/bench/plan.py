@@ -138,8 +138,9 @@ def vla_batch(cfg: ModelConfig, b: int) -> dict:
 
 
 def vla_stage(cfg: ModelConfig, stage: str, batch: int, probe: ProbeConfig | None = None,
-              activation_checkpointing: bool = False, mixed_precision: str = "no"):
-    """The build function of a dry run of `stage` on the package's reference VLA of config `cfg`."""
+              activation_checkpointing: bool = False, mixed_precision: str = "no", device_type: str = "cpu"):
+    """The build function of a dry run of `stage` on the package's reference VLA of config `cfg` (`device_type`: where
+    bf16 autocast applies when the step runs for real)."""
     from actdistill.distill.routing import RoutedStudent
     from actdistill.models.vla import ReferenceVLA
     from actdistill.probe.graph import LayerProbes
@@ -156,7 +157,7 @@ def vla_stage(cfg: ModelConfig, stage: str, batch: int, probe: ProbeConfig | Non
         teacher = ReferenceVLA(cfg)
         if stage == "train-teacher":
             # the teacher's forward without its logging (`.item()` needs values)
-            model, loss = teacher, (lambda m: _autocast(mixed_precision, lambda: m.task_loss(m.backbone(m.embed(data)), data)))
+            model, loss = teacher, (lambda m: _autocast(mixed_precision, lambda: m.task_loss(m.backbone(m.embed(data)), data), device_type))
             params = list(model.parameters())
         elif stage == "probe":
             teacher.requires_grad_(False)
@@ -165,14 +166,14 @@ def vla_stage(cfg: ModelConfig, stage: str, batch: int, probe: ProbeConfig | Non
             def loss(m):
                 with torch.no_grad():
                     _, hidden = m["teacher"].backbone(m["teacher"].embed(data), return_hidden=True)
-                sem, act = _autocast(mixed_precision, lambda: m["probes"](hidden))
+                sem, act = _autocast(mixed_precision, lambda: m["probes"](hidden), device_type)
                 return act.float().pow(2).mean() + sem.float().pow(2).mean()
             params = list(model["probes"].parameters())
         else:
             model = RoutedStudent(teacher, probes=probes_for(teacher))
 
             def loss(m):
-                out = _autocast(mixed_precision, lambda: m.forward_train(data))
+                out = _autocast(mixed_precision, lambda: m.forward_train(data), device_type)
                 return out["task_loss"] + out["semantic"].float().pow(2).mean() + out["probe_action"].float().pow(2).mean()
             params = list(model.parameters())
         set_activation_checkpointing(model, activation_checkpointing)
@@ -191,10 +192,10 @@ def vla_stage(cfg: ModelConfig, stage: str, batch: int, probe: ProbeConfig | Non
     return build
 
 
-def _autocast(mixed_precision: str, fn):
+def _autocast(mixed_precision: str, fn, device_type: str = "cpu"):
     if mixed_precision != "bf16":  # "no", or "bf16-params" (the model itself in bf16, as FSDP computes)
         return fn()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device_type, dtype=torch.bfloat16):
         return fn()
 
 
