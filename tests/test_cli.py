@@ -159,12 +159,16 @@ def test_tiny_ablation_on_validation_placements(tiny_run):
     tmp_path, _ = tiny_run
     proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "ablate", "--run", str(tmp_path / "run"), "--rho", "0.5",
                            "--episodes", "2", "--variants", "full", "no-semantic", "router-kd", "quantile", "norm-initial",
+                           "full+settle",
                            "--set", "eval.max_steps=8", "--set", "eval.workers=1", "--set", "bootstrap_samples=50",
                            "--no-progress"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "ablation-rho0.5" / "ablation.json").read_text())
     rows = {r["variant"]: r for r in res["rows"]}
-    assert list(rows) == ["full", "no-semantic", "router-kd", "quantile", "norm-initial"]
+    assert list(rows) == ["full", "no-semantic", "router-kd", "quantile", "norm-initial", "full+settle"]
+    # full+settle differs from full only in its export: it reuses full's distilled student
+    assert not (tmp_path / "run" / "ablation-rho0.5" / "full-settle" / "distill").exists()
+    assert (tmp_path / "run" / "ablation-rho0.5" / "full-settle" / "student" / "header.json").is_file()
     assert res["split"] == "val" and "provenance" in res
     for name, r in rows.items():
         assert all(s >= 200_000_000 for s in r["placement_seeds"])  # validation placements, not test ones

@@ -19,7 +19,7 @@ from actdistill.provenance import provenance, reference_results_path, reproducti
 from actdistill.sim import get_suite
 
 
-def _finished(folder: Path, stage: str, config: dict, inputs: dict) -> dict | None:
+def finished(folder: Path, stage: str, config: dict, inputs: dict) -> dict | None:
     """The header of a finished artifact made by `stage` from this config and these inputs, else None."""
     path = folder / HEADER_FILE
     if not path.is_file():
@@ -40,7 +40,7 @@ class StageRunner:
 
     def run(self, name: str, stage: str, folder: Path, config: dict, inputs: dict, fn: Callable[[], dict],
             note: Callable[[dict], str], output: Callable[[dict], str]) -> dict:
-        header = _finished(folder, stage, config, inputs)
+        header = finished(folder, stage, config, inputs)
         if header is None:
             summary, status = fn(), "ran"
         else:

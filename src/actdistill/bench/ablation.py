@@ -19,7 +19,7 @@ from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
 from actdistill.distill.stage import run_distill
 from actdistill.export import export_inputs, run_export, training_placements
-from actdistill.pipeline import StageRunner, evaluate_stage
+from actdistill.pipeline import StageRunner, evaluate_stage, finished
 from actdistill.probe.stage import load_probe_artifact
 from actdistill.provenance import provenance
 from actdistill.sim import get_suite
@@ -89,7 +89,10 @@ def run_ablation(run_dir: Path, cfg: AblationConfig, progress: bool = True) -> d
                    lambda s: f"shift {s['gate_shift']:+.3f}", lambda s: s["weights"])
             policy_dir, distilled = folder, {}
         else:
-            ddir = folder / "distill"
+            # a variant that differs from another only in its export settings reuses that one's distilled student
+            ddir = next((out / other.replace("+", "-") / "distill" for other in VARIANTS
+                         if finished(out / other.replace("+", "-") / "distill", "distill", dcfg.to_dict(),
+                                     {"teacher": teacher_hash, "cache": cache.fingerprint})), folder / "distill")
             distilled = st.run(f"{name}: distill", "distill", ddir, dcfg.to_dict(), {"teacher": teacher_hash, "cache": cache.fingerprint},
                                lambda dcfg=dcfg, ddir=ddir: run_distill(dcfg, teacher_dir, probe_dir, data_path, ddir, progress),
                                lambda s: f"keep {s['train_keep_ratio']:.2f}", lambda s: s["weights"])
