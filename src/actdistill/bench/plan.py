@@ -239,10 +239,13 @@ def add_token_embedding(run: DryRun, cfg: ModelConfig, vocab: int, trained: bool
 
 
 def plan_table(plans: dict[str, dict[str, float]], device_gib: float) -> str:
+    """Markdown: GiB per device (MiB when every total is under 1 GiB), and whether each engine fits."""
     parts = list(plans["FSDP"])
-    lines = ["| per device (GiB) | " + " | ".join(plans) + " |", "|---" * (1 + len(plans)) + "|"]
+    small = all(p["total"] < 1.0 for p in plans.values())
+    unit, scale = ("MiB", 1024.0) if small else ("GiB", 1.0)
+    lines = [f"| per device ({unit}) | " + " | ".join(plans) + " |", "|---" * (1 + len(plans)) + "|"]
     for part in parts:
-        lines.append(f"| {part} | " + " | ".join(f"{p.get(part, 0.0):.2f}" for p in plans.values()) + " |")
+        lines.append(f"| {part} | " + " | ".join(f"{p.get(part, 0.0) * scale:.2f}" for p in plans.values()) + " |")
     lines.append(f"| fits in {device_gib:g} GiB | " + " | ".join("yes" if p["total"] <= device_gib else "no"
                                                               for p in plans.values()) + " |")
     return "\n".join(lines) + "\n"
