@@ -18,8 +18,9 @@ def test_the_dry_run_predicts_the_measured_peak_within_15_percent(stage, ac, mp)
     cfg = tiny_model_config()
     fake = dry_run(vla_stage(cfg, stage, 8, activation_checkpointing=ac, mixed_precision=mp))
     real = dry_run(vla_stage(cfg, stage, 8, activation_checkpointing=ac, mixed_precision=mp), fake=False)
-    planned, measured = (plan_memory(r, 1, mp)["DDP"]["total"] for r in (fake, real))
-    assert measured > 0 and abs(planned - measured) / measured < 0.15, (planned * 1024, measured * 1024)
+    planned = plan_memory(fake, 1, mp)["DDP"]["total"] * 1024 ** 3
+    measured = real.weights + real.steady_peak  # a later step of the real run, as training reaches it
+    assert measured > 0 and abs(planned - measured) / measured < 0.15, (planned / MIB, measured / MIB)
     assert fake.weights == real.weights and fake.grads == real.grads and fake.optimizer == real.optimizer
 
 
@@ -34,7 +35,7 @@ def test_fsdp_divides_what_it_shards_and_keeps_the_rest():
     run = DryRun(weights=8 * gib, grads=8 * gib, optimizer=16 * gib, peak_backward=10 * gib, peak_step=8 * gib + 16 * gib + gib,
                  activations=2 * gib, root_params=gib // 2, largest_layer=gib // 4, frozen=0)
     p = plan_memory(run, 8)
-    assert p["DDP"]["total"] == pytest.approx(8 + 25)  # W + max(P1, P2)
+    assert p["DDP"]["total"] == pytest.approx(8 + 26)  # W + max(O + P1, P2)
     assert p["FSDP"]["weights"] == pytest.approx(1) and p["FSDP"]["optimizer"] == pytest.approx(2)
     assert p["FSDP"]["gathered units"] == pytest.approx(0.5 + 2 * 0.25 + 0.25)
     assert p["FSDP"]["activations and temporaries"] == pytest.approx(2)  # max(A, (P2 - G - O) / N) = max(2, 1/8)

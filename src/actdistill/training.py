@@ -243,6 +243,7 @@ def train_loop(
                 f"checkpoint in {ckpt_dir} is kept (lower the learning rate and resume).")
         clipped += grad_norm > cfg.grad_clip  # clip_grad_norm_ rescaled this step's gradient to cfg.grad_clip
         opt.step()
+        opt.zero_grad(set_to_none=True)  # gradients freed now, not kept through the next forward
         sched.step()
         last_loss = loss.item()
         if step % 50 == 0 or step == cfg.steps - 1:

@@ -1,4 +1,4 @@
-"""Per-rank peak memory of one sharded distillation step of a reference VLA, against `actdistill plan`'s columns.
+"""Per-rank peak memory of sharded distillation steps of a reference VLA, against `actdistill plan`'s columns.
 
 usage: python -m torch.distributed.run --nproc-per-node N fsdp_step_memory.py (tiny|default) BATCH
 Rank 0 prints one JSON line: the measured peak of every rank and the plan's FSDP and DDP totals (MiB)."""
@@ -33,10 +33,12 @@ mode = LiveBytes()
 with mode:  # everything the sharded model and its step allocate on this rank
     m = shard_model(whole, torch.device("cpu"), "no")
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-    out = m(data)
-    loss = out["task_loss"] + out["semantic"].pow(2).mean() + out["probe_action"].pow(2).mean()
-    loss.backward()
-    opt.step()
+    for _ in range(2):  # two steps as the training loop takes them: the second runs with the optimizer state alive
+        out = m(data)
+        loss = out["task_loss"] + out["semantic"].pow(2).mean() + out["probe_action"].pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
 peak = mode.peak
 res = [None] * n
 dist.all_gather_object(res, peak)

@@ -8,7 +8,7 @@ per-device batch: the weights W, the gradients G, the optimizer state O, the pea
 passes P1 (activations, plus the gradients alive at that moment) and the peak of the optimizer step P2 (gradients,
 state and AdamW's temporaries). Then, per device:
 
-    DDP   W + max(P1, P2)
+    DDP   W + max(O + P1, P2)
     FSDP  (W + G + O) / N + max(A, (P2 - G - O) / N) + U,    U = root unit + 2 x largest layer (gathered, compute
                                                                dtype) + one layer's unsharded gradient
 
@@ -51,6 +51,7 @@ class DryRun:
     root_params: int  # parameters outside the decoder layers (one FSDP unit)
     largest_layer: int  # parameters of the largest decoder layer
     frozen: int  # bytes of frozen weights (a probed teacher)
+    steady_peak: int = 0  # peak of a later step, optimizer state included (weights excluded)
 
 
 def dry_run(build: Callable[[], tuple[nn.Module, Callable[[nn.Module], torch.Tensor], list[nn.Parameter]]],
@@ -84,11 +85,19 @@ def dry_run(build: Callable[[], tuple[nn.Module, Callable[[nn.Module], torch.Ten
         activations = mode.peak
         for h in hooks:
             h.remove()
+        # a later step as the training loop takes it (the optimizer state alive throughout, gradients freed after the
+        # step): its peak, with the state counted, is what a run reaches (the measurement the plan is checked against)
+        mode = LiveBytes()
+        with mode:
+            loss_fn(model).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        steady = state + mode.peak
         layers = [sum(p.numel() * p.element_size() for p in layer.parameters() if id(p) in trained)
                   for layer in _decoder_layers(model)]
         in_layers = {id(p) for layer in _decoder_layers(model) for p in layer.parameters()}
         root = sum(p.numel() * p.element_size() for p in params if id(p) not in in_layers)
-    return DryRun(weight_bytes(model), grads, state, p1, p2, activations, root, max(layers, default=0), frozen)
+    return DryRun(weight_bytes(model), grads, state, p1, p2, activations, root, max(layers, default=0), frozen, steady)
 
 
 def _drop_grad(p: torch.Tensor) -> None:
@@ -117,7 +126,7 @@ def plan_memory(run: DryRun, devices: int, mixed_precision: str = "no", fsdp_run
     n = devices
     unit_bytes = 0.5 if mixed_precision == "bf16" else 1.0  # gathered parameters in the compute dtype
     trained_w = run.weights - run.frozen
-    total = run.weights + max(run.peak_backward, run.peak_step)
+    total = run.weights + max(run.optimizer + run.peak_backward, run.peak_step)  # the state lives through later steps
     ddp = {"teacher (frozen)": run.frozen, "weights": trained_w, "gradients": run.grads, "optimizer": run.optimizer,
            "gathered units": 0, "activations and temporaries": total - run.weights - run.grads - run.optimizer}
     ddp["total"] = total
