@@ -14,12 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-# The command line is an application and may set the environment for itself (library code never does). Before torch
-# loads OpenMP: idle OpenMP threads sleep instead of spinning, so that two stages sharing this 2-core machine do not
-# starve each other (README "Running two stages at once" has the measurement). A caller's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from actdistill.artifacts import ArtifactError, weights_hash_of  # noqa: E402 - after the environment is set
+from actdistill.artifacts import ArtifactError, weights_hash_of
 from actdistill.config import (PERTURB_KINDS, PERTURB_PRESETS, AblationConfig, BenchConfig, CollectConfig, ConfigError,
                                DistillConfig, EvalConfig, ExportConfig, ProbeConfig, RobustnessConfig, RunConfig, SimConfig,
                                TeacherConfig, apply_overrides)
