@@ -321,7 +321,18 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"actdistill: error: {err}", file=sys.stderr)
         return 3
+    finally:
+        _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Under torchrun: shut the process group down before the interpreter does (a gloo thread still running at exit
+    aborted a rank once here: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 
