@@ -104,10 +104,10 @@ def test_gate_flips_switches_and_margins_counted_from_hand_made_gates():
     clean = [Observation(np.full((2, 2, 3), v, np.uint8), np.zeros(7, np.float32), "x") for v in (1, 3)]
     # step 1: seen logits (perturbed) row0 = [+1, -1], row1 = [+1, +1]; clean logits = [1, 1] and [3, 3]
     seen = np.array([[1.0, -1.0], [1.0, 1.0]])
-    _count_gates(gates, policy, seen, {}, clean, True, None, active)
+    _count_gates(gates, policy, seen, clean, True, None, active)
     # step 2: row 1 finished; row0 = [-2, -1]
     seen2 = np.array([[-2.0, -1.0], [5.0, 5.0]])
-    _count_gates(gates, policy, seen2, {}, clean, True, seen >= 0, np.array([True, False]))
+    _count_gates(gates, policy, seen2, clean, True, seen >= 0, np.array([True, False]))
     assert gates["calls"].tolist() == [2, 1] and gates["pairs"].tolist() == [1, 0]
     assert gates["flips"].tolist() == [[1, 2], [0, 0]]  # row0: layer 0 flipped at step 2, layer 1 at both
     assert gates["switches"].tolist() == [[1, 0], [0, 0]]

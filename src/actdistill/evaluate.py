@@ -95,9 +95,7 @@ def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps:
     policy.reset()
     for _t in range(max_steps):
         seen = [perturbation.apply(o, s, int(k), task) for o, s, k in zip(obs, seeds, steps)]
-        batch = {OBS_IMAGE: np.stack([o.image for o in seen]), OBS_STATE: np.stack([o.state for o in seen]),
-                 TASK: [o.instruction for o in seen]}
-        actions = policy.select_action(batch)
+        actions = policy.select_action(observation_batch(seen))
         actions = actions.detach().cpu().numpy() if torch.is_tensor(actions) else np.asarray(actions)
         if actions.shape != (b, suite.action_dim) or not np.isfinite(actions).all():
             raise ValueError(f"The policy returned actions of shape {actions.shape} (or non-finite values); expected "
@@ -114,7 +112,7 @@ def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps:
                 for i in np.flatnonzero(active):
                     gate_logits[i].append(logits[i])
             if routed:
-                _count_gates(gates, policy, logits, batch, obs, perturbation.active, prev_dec, active)
+                _count_gates(gates, policy, logits, obs, perturbation.active, prev_dec, active)
                 prev_dec = logits >= policy.gate_threshold
         if trace:  # layers: those of the forward that produced this step's action (None before any forward)
             for i in np.flatnonzero(active):
@@ -149,7 +147,13 @@ def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps:
     return out
 
 
-def _count_gates(gates: dict, policy, logits: np.ndarray, batch: dict, clean: list, perturbed: bool,
+def observation_batch(observations: list) -> dict:
+    """The policy's batched observation of a list of simulator observations."""
+    return {OBS_IMAGE: np.stack([o.image for o in observations]), OBS_STATE: np.stack([o.state for o in observations]),
+            TASK: [o.instruction for o in observations]}
+
+
+def _count_gates(gates: dict, policy, logits: np.ndarray, clean: list, perturbed: bool,
                  prev_dec: np.ndarray | None, active: np.ndarray) -> None:
     """Add this step's gate statistics of the live rows to `gates` (per row and layer)."""
     thr = policy.gate_threshold
@@ -166,9 +170,7 @@ def _count_gates(gates: dict, policy, logits: np.ndarray, batch: dict, clean: li
         gates["switches"][live] += (dec[live] != prev_dec[live])
         gates["pairs"][live] += 1
     if perturbed:
-        ref = {OBS_IMAGE: np.stack([o.image for o in clean]), OBS_STATE: np.stack([o.state for o in clean]),
-               TASK: [o.instruction for o in clean]}
-        ref_dec = policy.gate_logits(ref).detach().cpu().numpy() >= thr
+        ref_dec = policy.gate_logits(observation_batch(clean)).detach().cpu().numpy() >= thr
         gates["flips"][a] += (dec[a] != ref_dec[a])
 
 

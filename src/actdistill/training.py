@@ -231,8 +231,7 @@ def train_loop(
             raise TrainingDiverged(
                 f"{stage}: the loss became {loss.item()} at step {step}; the last good checkpoint in {ckpt_dir} is kept "
                 "(lower the learning rate and resume).")
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        accelerator.backward(loss)  # no gradient is alive here: they are freed right after each optimizer step
         if sharded:  # DTensor gradients: the norm is reduced over the shards
             grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
         else:

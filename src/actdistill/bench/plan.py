@@ -24,6 +24,7 @@ package's router, probes and action head; a VLA's vision tower is not part of it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -60,7 +61,7 @@ def dry_run(build: Callable[[], tuple[nn.Module, Callable[[nn.Module], torch.Ten
     fake=False, on real ones: the measurement the plan is checked against)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    ctx = FakeTensorMode(allow_non_fake_inputs=False) if fake else _Null()
+    ctx = FakeTensorMode(allow_non_fake_inputs=False) if fake else contextlib.nullcontext()
     with ctx:
         model, loss_fn, params = build()
         trained = {id(p) for p in params}
@@ -93,23 +94,15 @@ def dry_run(build: Callable[[], tuple[nn.Module, Callable[[nn.Module], torch.Ten
             opt.step()
             opt.zero_grad(set_to_none=True)
         steady = state + mode.peak
-        layers = [sum(p.numel() * p.element_size() for p in layer.parameters() if id(p) in trained)
-                  for layer in _decoder_layers(model)]
-        in_layers = {id(p) for layer in _decoder_layers(model) for p in layer.parameters()}
+        units = _decoder_layers(model)
+        layers = [sum(p.numel() * p.element_size() for p in layer.parameters() if id(p) in trained) for layer in units]
+        in_layers = {id(p) for layer in units for p in layer.parameters()}
         root = sum(p.numel() * p.element_size() for p in params if id(p) not in in_layers)
     return DryRun(weight_bytes(model), grads, state, p1, p2, activations, root, max(layers, default=0), frozen, steady)
 
 
 def _drop_grad(p: torch.Tensor) -> None:
     p.grad = None
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _decoder_layers(model: nn.Module) -> list[nn.Module]:
