@@ -27,6 +27,7 @@ from actdistill.cli import main
 from actdistill.constants import OBS_IMAGE, OBS_STATE, TASK
 from actdistill.data.hdf5 import read_demos
 from actdistill.models.policy import ObservationError
+from actdistill.sim.metaworld_env import CAMERAS, MT10_TASKS
 
 TRIED: dict[str, set[str]] = {}
 # Derandomized by default, so CI sees the same examples every time; ACTDISTILL_BAD_INPUT_RANDOM=1 explores anew.
@@ -111,8 +112,8 @@ OUT_OF_RANGE = {
     "TrainConfig.steps": st.integers(max_value=0), "TrainConfig.lr": st.floats(max_value=0), "TrainConfig.batch_size": st.integers(max_value=0),
     "TrainConfig.grad_clip": st.floats(max_value=0), "TrainConfig.weight_decay": st.floats(max_value=-1e-9),
     "SimConfig.image_size": st.one_of(st.integers(max_value=15), st.integers(min_value=257)),
-    "SimConfig.tasks": st.lists(st.text(min_size=1, max_size=12).filter(lambda t: t not in C.MT10_TASKS), min_size=1, max_size=3),
-    "SimConfig.camera": st.text(max_size=10).filter(lambda t: t not in C.CAMERAS),
+    "SimConfig.tasks": st.lists(st.text(min_size=1, max_size=12).filter(lambda t: t not in MT10_TASKS), min_size=1, max_size=3),
+    "SimConfig.camera": st.text(max_size=10).filter(lambda t: t not in CAMERAS),
     "DistillConfig.rho": st.one_of(st.floats(max_value=0), st.floats(min_value=1.0, exclude_min=True)),
     "DistillConfig.tau": st.one_of(st.floats(max_value=0), st.floats(min_value=1.0)),
     "DistillConfig.budget_on": st.text(max_size=6).filter(lambda t: t not in ("hard", "soft")),
@@ -178,7 +179,7 @@ def test_the_cli_answers_a_bad_set_with_one_sentence_and_writes_nothing(data, ti
 
 @SETTINGS
 @given(tasks=st.lists(st.text(alphabet=st.characters(codec="ascii", categories=["L", "N", "P"]), min_size=1, max_size=14)
-                      .filter(lambda t: t not in C.MT10_TASKS and not t.startswith("-")), min_size=1, max_size=3))
+                      .filter(lambda t: t not in MT10_TASKS and not t.startswith("-")), min_size=1, max_size=3))
 def test_unknown_task_names_are_refused_before_any_simulation(tasks, tmp_path):
     _tried("cli unknown task", tuple(tasks))
     code, err = _cli(["collect", "--out", str(tmp_path / "c"), "--tasks", *tasks, "--no-progress"])

@@ -109,3 +109,16 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     assert ("actdistill.cli", "main", 2) in found and ("actdistill.pipeline", "_secret", 3) in found
     layers = written_layers()
     assert layer_of("actdistill.cli", layers) > layer_of("actdistill.models.x", layers)
+
+
+def test_no_function_is_over_80_lines_unless_its_module_says_why():
+    too_long = []
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text())
+        doc = ast.get_docstring(tree) or ""
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 80 and not re.search(rf"`{node.name}` is longer than the package's 80-line rule", doc):
+                    too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
+    assert not too_long, "functions over 80 lines, not explained in their module's docstring:\n" + "\n".join(too_long)

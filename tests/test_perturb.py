@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from actdistill.config import PERTURB_KINDS, PERTURB_PRESETS, ConfigError, EvalConfig, RobustnessConfig, SimConfig
+from actdistill.config import ConfigError, EvalConfig, RobustnessConfig, SimConfig
+from actdistill.sim.perturb import PERTURB_KINDS, PERTURB_PRESETS
 from actdistill.sim.base import Observation
-from actdistill.sim.instructions import PARAPHRASES
+from actdistill.sim import get_suite
 from actdistill.sim.perturb import IMPLEMENTED, make_perturbation
 
 IMAGE_KINDS = ("image-noise", "brightness", "contrast", "camera-shift", "occlusion")
@@ -44,7 +45,7 @@ def test_a_perturbation_changes_what_it_names_and_nothing_else(spec):
         assert not np.array_equal(out.state[:3], obs.state[:3]) and not np.array_equal(out.state[4:], obs.state[4:])
     else:
         assert text_changed and not image_changed and not state_changed
-        assert out.instruction == PARAPHRASES["drawer-open-v3"][int(p.level) - 1]
+        assert out.instruction == get_suite("mt10").instructions["drawer-open-v3"][int(p.level)]
 
 
 def test_draws_are_a_function_of_placement_and_step():
@@ -146,7 +147,7 @@ def test_two_policies_see_the_same_perturbed_observations():
         assert np.array_equal(sa["observation.image"], sb["observation.image"])
         assert not np.array_equal(sa["observation.image"], sc["observation.image"])
         assert np.array_equal(sa["observation.state"], sc["observation.state"]) and sa["task"] == sc["task"]
-    assert runs["para"][0]["task"] == [PARAPHRASES["reach-v3"][1]] * 2
+    assert runs["para"][0]["task"] == [get_suite("mt10").instructions["reach-v3"][2]] * 2
     assert np.array_equal(runs["para"][2]["observation.image"], runs["clean"][2]["observation.image"])
 
 

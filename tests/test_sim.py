@@ -96,7 +96,6 @@ def test_demo_test_and_validation_placements_are_disjoint():
 def test_the_mt50_suite_names_every_task_once_with_groups_and_instructions():
     from actdistill.config import SimConfig
     from actdistill.sim import get_suite
-    from actdistill.sim.instructions import INSTRUCTIONS, PARAPHRASES
 
     suite = get_suite("mt50")
     assert len(suite.tasks) == 50 == len(set(suite.tasks))
@@ -104,7 +103,7 @@ def test_the_mt50_suite_names_every_task_once_with_groups_and_instructions():
     assert sizes == {"easy": 28, "medium": 11, "hard": 6, "very_hard": 5}
     assert sorted(t for ts in suite.groups.values() for t in ts) == sorted(suite.tasks)  # a partition
     for t in suite.tasks:
-        strings = [INSTRUCTIONS[t], *PARAPHRASES[t]]
+        strings = suite.instructions[t]
         assert len(strings) == 3 == len(set(strings)), t
     assert set(get_suite("mt10").tasks) < set(suite.tasks)
     assert SimConfig(suite="mt50").tasks == suite.tasks  # the default list is the whole suite

@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 from actdistill.artifacts import ArtifactError, weights_hash_of
-from actdistill.config import (PERTURB_KINDS, PERTURB_PRESETS, AblationConfig, BenchConfig, CollectConfig, ConfigError,
+from actdistill.config import (AblationConfig, BenchConfig, CollectConfig, ConfigError,
                                DistillConfig, EvalConfig, ExportConfig, ProbeConfig, RobustnessConfig, RunConfig, SimConfig,
                                TeacherConfig, apply_overrides)
 from actdistill.models.policy import ObservationError
+from actdistill.sim.perturb import PERTURB_KINDS, PERTURB_PRESETS
 from actdistill.training import TrainingDiverged
 
 # A KeyError is not among them: it is a programming error and keeps its traceback.

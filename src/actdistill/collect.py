@@ -19,6 +19,7 @@ from actdistill.config import CollectConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE
 from actdistill.data.hdf5 import Demo, DemoWriter
 from actdistill.sim import get_suite, placement_seeds
+from actdistill.sim.base import import_suites, suite_modules
 
 _WORKER_ENVS: dict = {}  # per worker process: one environment per task, built on first use
 
@@ -62,7 +63,7 @@ def collect(cfg: CollectConfig, out_dir: Path, progress: bool = True) -> dict:
     all_seeds = {t: placement_seeds("demo", cfg.seed, 100_000) for t in cfg.sim.tasks}
     bar = tqdm(total=n * len(cfg.sim.tasks), desc="collect", unit="demo", disable=not progress)
     ctx = mp.get_context("spawn")
-    with ctx.Pool(cfg.workers) as pool:
+    with ctx.Pool(cfg.workers, initializer=import_suites, initargs=(suite_modules(),)) as pool:
         while True:
             jobs = []
             for t in cfg.sim.tasks:

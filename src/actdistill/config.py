@@ -15,87 +15,16 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-MT10_TASKS: tuple[str, ...] = (
-    "reach-v3",
-    "push-v3",
-    "pick-place-v3",
-    "door-open-v3",
-    "drawer-open-v3",
-    "drawer-close-v3",
-    "button-press-topdown-v3",
-    "peg-insert-side-v3",
-    "window-open-v3",
-    "window-close-v3",
-)
-# Meta-World MT50 (metaworld 3.x order); MT10 is a subset
-MT50_TASKS: tuple[str, ...] = (
-    "assembly-v3", "basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-topdown-v3",
-    "button-press-topdown-wall-v3", "button-press-v3", "button-press-wall-v3", "coffee-button-v3", "coffee-pull-v3",
-    "coffee-push-v3", "dial-turn-v3", "disassemble-v3", "door-close-v3", "door-lock-v3", "door-open-v3",
-    "door-unlock-v3", "hand-insert-v3", "drawer-close-v3", "drawer-open-v3", "faucet-open-v3", "faucet-close-v3",
-    "hammer-v3", "handle-press-side-v3", "handle-press-v3", "handle-pull-side-v3", "handle-pull-v3", "lever-pull-v3",
-    "pick-place-wall-v3", "pick-out-of-hole-v3", "pick-place-v3", "plate-slide-v3", "plate-slide-side-v3",
-    "plate-slide-back-v3", "plate-slide-back-side-v3", "peg-insert-side-v3", "peg-unplug-side-v3", "soccer-v3",
-    "stick-push-v3", "stick-pull-v3", "push-v3", "push-wall-v3", "push-back-v3", "reach-v3", "reach-wall-v3",
-    "shelf-place-v3", "sweep-into-v3", "sweep-v3", "window-open-v3", "window-close-v3",
-)
-SUITE_TASKS: dict[str, tuple[str, ...]] = {"mt10": MT10_TASKS, "mt50": MT50_TASKS}
+from actdistill.errors import ConfigError
+from actdistill.sim import DEFAULT_SUITE, get_suite
+from actdistill.sim.perturb import PERTURB_PRESETS, parse_perturbation
+
 DECODERS: tuple[str, ...] = ("llama", "qwen2", "mistral", "gemma", "gemma2", "gemma3")
 HEADS: tuple[str, ...] = ("regression", "diffusion", "discrete")  # action-head families (models/heads.py)
 SHARDINGS: tuple[str, ...] = ("none", "fsdp")  # how training spreads a model over processes (sharding.py)
 PRECISIONS: tuple[str, ...] = ("no", "bf16")  # training compute precision
 GATINGS: tuple[str, ...] = ("threshold", "quantile")  # training gates of the router (distill/routing.py)
 STREAM_NORMS: tuple[str, ...] = ("none", "terms", "initial")  # distillation stream scales (distill/losses.py)
-# Observation perturbations of the evaluator (sim/perturb.py): kind -> (unit of its level, smallest, largest level).
-PERTURB_KINDS: dict[str, tuple[str, float, float]] = {
-    "image-noise": ("std of Gaussian pixel noise, in 0-255 units", 0.0, 128.0),
-    "brightness": ("factor on every pixel", 0.1, 4.0),
-    "contrast": ("factor on each pixel's distance from the frame mean", 0.0, 4.0),
-    "camera-shift": ("pixels the picture is translated by", 0.0, 32.0),
-    "occlusion": ("side of a grey square, as a fraction of the image side", 0.0, 0.9),
-    "state-noise": ("std of Gaussian noise on hand and goal xyz, in metres", 0.0, 1.0),
-    "paraphrase": ("which held-out instruction paraphrase (1 or 2)", 1.0, 2.0),
-}
-# named perturbations (what `eval.perturb` and `actdistill robustness` accept besides "kind:level")
-PERTURB_PRESETS: dict[str, str] = {
-    "image-noise-low": "image-noise:4",
-    "image-noise-high": "image-noise:16",
-    "brightness": "brightness:1.3",
-    "contrast": "contrast:0.6",
-    "camera-shift": "camera-shift:3",
-    "occlusion": "occlusion:0.2",
-    "state-noise": "state-noise:0.01",
-    "paraphrase-1": "paraphrase:1",
-    "paraphrase-2": "paraphrase:2",
-}
-
-
-def parse_perturbation(spec: str) -> tuple[str, float]:
-    """(kind, level) of a perturbation named by a preset or written "kind:level"; "none" is ("none", 0.0)."""
-    if spec == "none":
-        return "none", 0.0
-    text = PERTURB_PRESETS.get(spec, spec)
-    kind, sep, level_s = text.partition(":")
-    if kind not in PERTURB_KINDS or not sep:
-        raise ConfigError(f"Unknown perturbation {spec!r}; use 'none', one of {', '.join(PERTURB_PRESETS)}, or "
-                          f"'kind:level' with kind in {', '.join(PERTURB_KINDS)}.")
-    unit, lo, hi = PERTURB_KINDS[kind]
-    try:
-        level = float(level_s)
-    except ValueError:
-        level = math.nan
-    if not lo <= level <= hi or (kind == "paraphrase" and level not in (1.0, 2.0)):
-        raise ConfigError(f"Perturbation {spec!r}: the {kind} level ({unit}) must be in [{lo:g}, {hi:g}], got {level_s!r}.")
-    return kind, level
-
-
-CAMERAS: tuple[str, ...] = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the field."""
-
-
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
@@ -189,26 +118,25 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 @dataclass
 class SimConfig(_Base):
-    """The Meta-World MT10 benchmark as the policy sees it."""
+    """The simulated benchmark as the policy sees it (a suite of sim/base.py; Meta-World MT10 by default)."""
 
-    tasks: tuple[str, ...] = MT10_TASKS
+    tasks: tuple[str, ...] = get_suite(DEFAULT_SUITE).tasks
     camera: str = "corner2"
     image_size: int = 64
-    suite: str = "mt10"  # "mt10" or "mt50" (Meta-World); the default task list is the whole suite
+    suite: str = DEFAULT_SUITE  # a registered suite ("mt10", "mt50"); the default task list is the whole suite
 
     _LATER_FIELDS = ("suite",)
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
-        _check(self.suite in SUITE_TASKS, f"Unknown suite {self.suite!r}; choose from {', '.join(SUITE_TASKS)}.")
-        known = SUITE_TASKS[self.suite]
-        if self.suite != "mt10" and self.tasks == MT10_TASKS:  # the default list: the whole suite
-            self.tasks = known
+        suite = get_suite(self.suite)
+        if self.suite != DEFAULT_SUITE and self.tasks == get_suite(DEFAULT_SUITE).tasks:  # the default list
+            self.tasks = suite.tasks
         _check(len(self.tasks) > 0, "SimConfig.tasks must name at least one task.")
         for t in self.tasks:
-            _check(t in known, f"Unknown task {t!r} in SimConfig.tasks; choose from {', '.join(known)}.")
+            _check(t in suite.tasks, f"Unknown task {t!r} in SimConfig.tasks; choose from {', '.join(suite.tasks)}.")
         _check(len(set(self.tasks)) == len(self.tasks), "SimConfig.tasks lists a task twice.")
-        _check(self.camera in CAMERAS, f"Unknown camera {self.camera!r}; choose from {', '.join(CAMERAS)}.")
+        _check(self.camera in suite.cameras, f"Unknown camera {self.camera!r}; choose from {', '.join(suite.cameras)}.")
         _check(16 <= self.image_size <= 256, f"SimConfig.image_size must be in [16, 256], got {self.image_size}.")
 
 
@@ -441,7 +369,7 @@ class EvalConfig(_Base):
     # from rollouts (ablations, hyperparameters, thresholds), so that test numbers are never tuned on
     split: str = "test"
     # an observation perturbation applied inside the runner, seeded by placement and step so that every policy
-    # sees the same one (config.PERTURB_PRESETS, or "kind:level" with kind in config.PERTURB_KINDS)
+    # sees the same one (sim/perturb.py: PERTURB_PRESETS, or "kind:level" with kind in PERTURB_KINDS)
     perturb: str = "none"
     trace: bool = False  # keep per-step layer counts, gripper commands and gate statistics in episodes.json
 

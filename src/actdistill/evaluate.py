@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ from actdistill.config import EvalConfig, SimConfig
 from actdistill.constants import OBS_IMAGE, OBS_STATE, RESULTS_FILE, RESULTS_TABLE, TASK
 from actdistill.provenance import provenance
 from actdistill.sim import get_suite, placement_seeds
+from actdistill.sim.base import import_suites, suite_modules
 from actdistill.sim.perturb import make_perturbation
 
 
@@ -53,10 +55,65 @@ def paired_bootstrap(a: dict[str, list[int]], b: dict[str, list[int]], samples: 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(factory: Callable[[], Any] | None, policy: Any, threads: int) -> None:
+def _init_worker(factory: Callable[[], Any] | None, policy: Any, threads: int, modules: tuple[str, ...] = ()) -> None:
     torch.set_num_threads(threads)
+    import_suites(modules)
     _WORKER["policy"] = policy if policy is not None else factory()
     _WORKER["envs"] = {}
+
+
+@dataclass
+class _Log:
+    """What a lock-step group of episodes records besides success: layers, gate logits, traces, gate statistics."""
+
+    b: int
+    record_logits: bool
+    trace: bool
+    routed: bool
+    layer_sum: np.ndarray | None = None
+    calls: np.ndarray = None  # type: ignore[assignment]
+    gate_logits: list = None  # type: ignore[assignment]
+    traces: list = None  # type: ignore[assignment]
+    gates: dict = field(default_factory=dict)
+    prev_dec: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.calls = np.zeros(self.b, dtype=np.int64)
+        self.gate_logits = [[] for _ in range(self.b)]
+        self.traces = [{"layers": [], "gripper": []} for _ in range(self.b)]
+
+    def step(self, policy, actions: np.ndarray, active: np.ndarray, clean: list, perturbed: bool) -> None:
+        mask = policy.pop_layer_mask() if hasattr(policy, "pop_layer_mask") else None
+        if mask is not None:
+            m = mask.detach().cpu().numpy().astype(np.int64)  # (B, L)
+            self.layer_sum = np.zeros_like(m) if self.layer_sum is None else self.layer_sum
+            self.layer_sum[active] += m[active]
+            self.calls[active] += 1
+            if self.record_logits or self.routed:
+                logits = policy.last_gate_logits().detach().cpu().numpy()  # (B, L)
+            if self.record_logits:
+                for i in np.flatnonzero(active):
+                    self.gate_logits[i].append(logits[i])
+            if self.routed:
+                _count_gates(self.gates, policy, logits, clean, perturbed, self.prev_dec, active)
+                self.prev_dec = logits >= policy.gate_threshold
+        if self.trace:  # layers: those of the forward that produced this step's action (None before any forward)
+            for i in np.flatnonzero(active):
+                last = self.traces[i]["layers"][-1] if self.traces[i]["layers"] else None
+                self.traces[i]["layers"].append(int(m[i].sum()) if mask is not None else last)
+                self.traces[i]["gripper"].append(round(float(actions[i, -1]), 3))
+
+    def fill(self, i: int, ep: dict) -> dict:
+        ep["policy_calls"] = int(self.calls[i])
+        if self.layer_sum is not None:
+            ep["layers_executed"] = self.layer_sum[i].tolist()
+        if self.record_logits:
+            ep["gate_logits"] = np.stack(self.gate_logits[i]) if self.gate_logits[i] else np.zeros((0, 0))
+        if self.trace:
+            ep["trace"] = self.traces[i]
+        if self.routed and self.gates:
+            ep["gates"] = {k: v[i].tolist() for k, v in self.gates.items()}
+        return ep
 
 
 def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps: int, envs_cache: dict,
@@ -84,14 +141,8 @@ def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps:
     active = np.ones(b, dtype=bool)
     success = np.zeros(b, dtype=bool)
     steps = np.zeros(b, dtype=np.int64)
-    layer_sum: np.ndarray | None = None
-    calls = np.zeros(b, dtype=np.int64)
     frames: list[list[np.ndarray]] = [[] for _ in range(min(keep_frames, b))]
-    gate_logits: list[list[np.ndarray]] = [[] for _ in range(b)]
-    routed = trace and hasattr(policy, "gate_logits")
-    traces: list[dict] = [{"layers": [], "gripper": []} for _ in range(b)]
-    gates: dict[str, np.ndarray] = {}
-    prev_dec: np.ndarray | None = None
+    log = _Log(b, record_logits, trace, routed=trace and hasattr(policy, "gate_logits"))
     policy.reset()
     for _t in range(max_steps):
         seen = [perturbation.apply(o, s, int(k), task) for o, s, k in zip(obs, seeds, steps)]
@@ -100,25 +151,7 @@ def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps:
         if actions.shape != (b, suite.action_dim) or not np.isfinite(actions).all():
             raise ValueError(f"The policy returned actions of shape {actions.shape} (or non-finite values); expected "
                              f"({b}, {suite.action_dim}).")
-        mask = policy.pop_layer_mask() if hasattr(policy, "pop_layer_mask") else None
-        if mask is not None:
-            m = mask.detach().cpu().numpy().astype(np.int64)  # (B, L)
-            layer_sum = np.zeros_like(m) if layer_sum is None else layer_sum
-            layer_sum[active] += m[active]
-            calls[active] += 1
-            if record_logits or routed:
-                logits = policy.last_gate_logits().detach().cpu().numpy()  # (B, L)
-            if record_logits:
-                for i in np.flatnonzero(active):
-                    gate_logits[i].append(logits[i])
-            if routed:
-                _count_gates(gates, policy, logits, obs, perturbation.active, prev_dec, active)
-                prev_dec = logits >= policy.gate_threshold
-        if trace:  # layers: those of the forward that produced this step's action (None before any forward)
-            for i in np.flatnonzero(active):
-                last = traces[i]["layers"][-1] if traces[i]["layers"] else None
-                traces[i]["layers"].append(int(m[i].sum()) if mask is not None else last)
-                traces[i]["gripper"].append(round(float(actions[i, -1]), 3))
+        log.step(policy, actions, active, obs, perturbation.active)
         for i in np.flatnonzero(active):
             if i < len(frames):
                 frames[i].append(seen[i].image)
@@ -131,18 +164,9 @@ def run_episodes(policy, task: str, seeds: list[int], sim: SimConfig, max_steps:
             break
     out = []
     for i, s in enumerate(seeds):
-        ep = {"task": task, "seed": int(s), "success": bool(success[i]), "steps": int(steps[i]),
-              "policy_calls": int(calls[i])}
-        if layer_sum is not None:
-            ep["layers_executed"] = layer_sum[i].tolist()
+        ep = log.fill(i, {"task": task, "seed": int(s), "success": bool(success[i]), "steps": int(steps[i])})
         if i < len(frames):
             ep["frames"] = frames[i]
-        if record_logits:
-            ep["gate_logits"] = np.stack(gate_logits[i]) if gate_logits[i] else np.zeros((0, 0))
-        if trace:
-            ep["trace"] = traces[i]
-        if routed and gates:
-            ep["gates"] = {k: v[i].tolist() for k, v in gates.items()}
         out.append(ep)
     return out
 
@@ -216,7 +240,7 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
     if cfg.workers > 1 and is_spec:
         ctx = mp.get_context("spawn")
         threads = max(1, torch.get_num_threads() // cfg.workers)
-        with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(policy_or_spec, None, threads)) as pool:
+        with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(policy_or_spec, None, threads, suite_modules())) as pool:
             for res in pool.imap_unordered(_job, jobs):
                 _collect(res)
     else:

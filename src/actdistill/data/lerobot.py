@@ -191,12 +191,8 @@ def _episode_files(episodes: dict, prefix: str, e: int) -> tuple[int, int]:
     return (int(chunk[e]) if chunk else 0, int(file[e]) if file else 0)
 
 
-def read_lerobot(root: Path, image_key: str | None = None, state_key: str = STATE_KEY) -> DemoSet:
-    """A LeRobotDataset v3 folder as a `DemoSet`; one sentence for a missing file, feature or instruction.
-
-    Episodes may live in any number of data and video files (`meta/episodes/*/*.parquet` names each episode's
-    data file and, per camera, its video file and time span); a video file is decoded once."""
-    root = Path(root)
+def _read_info(root: Path, image_key: str | None, state_key: str) -> tuple[dict, str, float]:
+    """`meta/info.json` checked for the features read: (info, the camera read, fps)."""
     if not (root / INFO).is_file():
         raise ArtifactError(f"{root} is not a LeRobot dataset: {INFO} is missing.")
     try:
@@ -219,6 +215,16 @@ def read_lerobot(root: Path, image_key: str | None = None, state_key: str = STAT
     video_fps = features[image_key].get("info", {}).get("video.fps", fps)
     if not fps or video_fps != fps:
         raise ArtifactError(f"{root}: the camera {image_key!r} runs at {video_fps} fps and the dataset at {fps}; they must match.")
+    return info, image_key, fps
+
+
+def read_lerobot(root: Path, image_key: str | None = None, state_key: str = STATE_KEY) -> DemoSet:
+    """A LeRobotDataset v3 folder as a `DemoSet`; one sentence for a missing file, feature or instruction.
+
+    Episodes may live in any number of data and video files (`meta/episodes/*/*.parquet` names each episode's
+    data file and, per camera, its video file and time span); a video file is decoded once."""
+    root = Path(root)
+    info, image_key, fps = _read_info(root, image_key, state_key)
     data_tmpl = info.get("data_path", "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet")
     video_tmpl = info.get("video_path", "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4")
     episode_files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))

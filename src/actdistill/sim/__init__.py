@@ -4,7 +4,6 @@ Simulator packages are imported lazily, so `import actdistill` works without the
 """
 
 from actdistill.sim import metaworld_env  # noqa: F401 - registers the Meta-World suites (metaworld itself loads lazily)
-from actdistill.sim.base import SUITES, Suite, get_suite, placement_seeds
-from actdistill.sim.instructions import INSTRUCTIONS, PARAPHRASES, instruction_for
+from actdistill.sim.base import DEFAULT_SUITE, SUITES, Suite, get_suite, instruction_for, placement_seeds, register_suite
 
-__all__ = ["INSTRUCTIONS", "PARAPHRASES", "SUITES", "Suite", "get_suite", "instruction_for", "placement_seeds"]
+__all__ = ["DEFAULT_SUITE", "SUITES", "Suite", "get_suite", "instruction_for", "placement_seeds", "register_suite"]

@@ -1,19 +1,23 @@
 """The simulator interface at the bottom of the package (STYLE.md item 7; docs/design.md "Layering").
 
-A suite names its tasks, their difficulty groups, the state and action sizes its policies see, and builds
-one environment per task; every other module reaches a simulator only through `get_suite(key)`. Placement
+A suite names its tasks, their instructions (the training one and held-out paraphrases), their difficulty
+groups, its cameras, the state and action sizes its policies see, and builds one environment per task; every
+other module, the configs included, reaches a simulator only through `get_suite(key)`. Adding a suite is one
+module that calls `register_suite` plus its import in `sim/__init__.py` (tests/test_suites.py registers one
+from a test file alone). Placement
 ranges are shared by every suite: demonstrations, test placements (the reported numbers) and validation
 placements (every choice made from rollouts) never overlap.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
-from actdistill.config import ConfigError
+from actdistill.errors import ConfigError
 
 
 @dataclass
@@ -45,7 +49,20 @@ class Suite:
     state_dim: int
     action_dim: int
     make_env: Callable[[str, str, int, int], Env]  # (task, camera, image_size, max_steps) -> Env
+    cameras: tuple[str, ...]  # what `sim.camera` may name
+    # task -> (training instruction, held-out paraphrase 1, paraphrase 2, ...); paraphrases never train
+    instructions: Mapping[str, tuple[str, ...]]
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # difficulty group -> tasks
+
+    def __post_init__(self) -> None:
+        missing = [t for t in self.tasks if not self.instructions.get(t)]
+        if missing:
+            raise ConfigError(f"Suite {self.key!r} gives no instruction for {', '.join(missing)}.")
+        strays = sorted({t for ts in self.groups.values() for t in ts} - set(self.tasks))
+        if strays:
+            raise ConfigError(f"Suite {self.key!r} puts {', '.join(strays)} in a difficulty group but not in its tasks.")
+        if not self.cameras:
+            raise ConfigError(f"Suite {self.key!r} names no camera.")
 
     def check_tasks(self, tasks: tuple[str, ...]) -> None:
         unknown = [t for t in tasks if t not in self.tasks]
@@ -55,9 +72,12 @@ class Suite:
 
 
 SUITES: dict[str, Suite] = {}
+DEFAULT_SUITE = "mt10"  # what `sim.suite` is when a config does not say
 
 
 def register_suite(suite: Suite) -> Suite:
+    if suite.key in SUITES and SUITES[suite.key] is not suite:
+        raise ConfigError(f"A suite named {suite.key!r} is already registered.")
     SUITES[suite.key] = suite
     return suite
 
@@ -66,6 +86,31 @@ def get_suite(key: str) -> Suite:
     if key not in SUITES:
         raise ConfigError(f"Unknown suite {key!r}; choose from {', '.join(SUITES)}.")
     return SUITES[key]
+
+
+def suite_modules() -> tuple[str, ...]:
+    """The modules that registered the suites known in this process. Spawned worker processes start with only
+    the package's own suites and import these (`import_suites`), so a suite registered by a user's module
+    works with several workers too."""
+    return tuple(sorted({s.make_env.__module__ for s in SUITES.values()}))
+
+
+def import_suites(modules: tuple[str, ...]) -> None:
+    for m in modules:
+        importlib.import_module(m)
+
+
+def instruction_for(task: str, paraphrase: int = -1) -> str:
+    """The training instruction of `task` (from the first registered suite that has it); `paraphrase >= 0` picks
+    held-out paraphrase number `paraphrase + 1`."""
+    for suite in SUITES.values():
+        if task in suite.instructions:
+            texts = suite.instructions[task]
+            if paraphrase + 1 >= len(texts):
+                raise ConfigError(f"Task {task!r} of the {suite.name} suite has {len(texts) - 1} held-out "
+                                  f"paraphrase(s); paraphrase {paraphrase + 1} does not exist.")
+            return texts[paraphrase + 1]
+    raise ConfigError(f"Unknown task {task!r}; no registered suite ({', '.join(SUITES)}) has it.")
 
 
 # kind -> first seed of its range; a range holds seed * 100_000 + i for eval.seed in [0, 1000), i < 100_000

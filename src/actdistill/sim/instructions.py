@@ -6,8 +6,6 @@ for a later language-generalisation test and never used in training.
 
 from __future__ import annotations
 
-from actdistill.config import ConfigError
-
 INSTRUCTIONS: dict[str, str] = {
     "reach-v3": "reach the red goal",
     "push-v3": "push the puck to the goal",
@@ -121,10 +119,3 @@ PARAPHRASES.update({
     "sweep-into-v3": ("push the puck into the hole", "brush the disc into the hole"),
     "sweep-v3": ("push the puck off the table", "brush the disc off the edge"),
 })
-
-
-def instruction_for(task: str, paraphrase: int = -1) -> str:
-    """The instruction of `task`; `paraphrase >= 0` picks a held-out paraphrase."""
-    if task not in INSTRUCTIONS:
-        raise ConfigError(f"Unknown task '{task}'; known tasks: {', '.join(INSTRUCTIONS)}.")
-    return INSTRUCTIONS[task] if paraphrase < 0 else PARAPHRASES[task][paraphrase]

@@ -14,10 +14,36 @@ from typing import Any
 
 import numpy as np
 
-from actdistill.config import MT10_TASKS, MT50_TASKS, ConfigError
 from actdistill.constants import ACTION_DIM, STATE_DIM
-from actdistill.sim.base import Observation, Suite, register_suite
-from actdistill.sim.instructions import instruction_for
+from actdistill.errors import ConfigError
+from actdistill.sim.base import Observation, Suite, instruction_for, register_suite
+from actdistill.sim.instructions import INSTRUCTIONS, PARAPHRASES
+
+MT10_TASKS: tuple[str, ...] = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+)
+# Meta-World MT50 (metaworld 3.x order); MT10 is a subset
+MT50_TASKS: tuple[str, ...] = (
+    "assembly-v3", "basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-topdown-v3",
+    "button-press-topdown-wall-v3", "button-press-v3", "button-press-wall-v3", "coffee-button-v3", "coffee-pull-v3",
+    "coffee-push-v3", "dial-turn-v3", "disassemble-v3", "door-close-v3", "door-lock-v3", "door-open-v3",
+    "door-unlock-v3", "hand-insert-v3", "drawer-close-v3", "drawer-open-v3", "faucet-open-v3", "faucet-close-v3",
+    "hammer-v3", "handle-press-side-v3", "handle-press-v3", "handle-pull-side-v3", "handle-pull-v3", "lever-pull-v3",
+    "pick-place-wall-v3", "pick-out-of-hole-v3", "pick-place-v3", "plate-slide-v3", "plate-slide-side-v3",
+    "plate-slide-back-v3", "plate-slide-back-side-v3", "peg-insert-side-v3", "peg-unplug-side-v3", "soccer-v3",
+    "stick-push-v3", "stick-pull-v3", "push-v3", "push-wall-v3", "push-back-v3", "reach-v3", "reach-wall-v3",
+    "shelf-place-v3", "sweep-into-v3", "sweep-v3", "window-open-v3", "window-close-v3",
+)
+CAMERAS: tuple[str, ...] = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 
 _UPSIDE_DOWN_CAMERAS = ("corner",)  # Meta-World's `corner` camera renders flipped vertically
 _POLICY_NAMES = {
@@ -176,8 +202,11 @@ def _maker(benchmark: str):
     return make
 
 
+_TEXTS = {t: (INSTRUCTIONS[t], *PARAPHRASES[t]) for t in MT50_TASKS}
 MT10 = register_suite(Suite(key="mt10", name="metaworld-MT10", tasks=MT10_TASKS, state_dim=STATE_DIM,
-                            action_dim=ACTION_DIM, make_env=_maker("mt10"),
+                            action_dim=ACTION_DIM, make_env=_maker("mt10"), cameras=CAMERAS,
+                            instructions={t: _TEXTS[t] for t in MT10_TASKS},
                             groups={g: tuple(t for t in ts if t in MT10_TASKS) for g, ts in MT50_GROUPS.items()}))
 MT50 = register_suite(Suite(key="mt50", name="metaworld-MT50", tasks=MT50_TASKS, state_dim=STATE_DIM,
-                            action_dim=ACTION_DIM, make_env=_maker("mt50"), groups=MT50_GROUPS))
+                            action_dim=ACTION_DIM, make_env=_maker("mt50"), cameras=CAMERAS, instructions=_TEXTS,
+                            groups=MT50_GROUPS))

@@ -3,22 +3,65 @@
 A perturbation changes what the policy sees and nothing else: the simulator steps on the true state, and image
 perturbations leave the state and instruction alone (and so on). Its randomness is a pure function of the
 perturbation, the placement seed and the step, so every policy evaluated on the same placements sees the same
-noise at the same step and rows stay paired. Kinds, units and named levels live in config (`PERTURB_KINDS`,
-`PERTURB_PRESETS`); each kind is implemented here.
+noise at the same step and rows stay paired. Kinds, their units and ranges, the named levels (presets) and
+one implementation per kind live here; `EvalConfig.perturb` is checked with `parse_perturbation`.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from actdistill.config import parse_perturbation
-from actdistill.sim.base import Observation
-from actdistill.sim.instructions import PARAPHRASES
+from actdistill.errors import ConfigError
+from actdistill.sim.base import Observation, instruction_for
 
 HAND_XYZ, GOAL_XYZ = slice(0, 3), slice(4, 7)  # Meta-World state: hand xyz, gripper opening, goal xyz
+
+
+# kind -> (unit of its level, smallest, largest level)
+PERTURB_KINDS: dict[str, tuple[str, float, float]] = {
+    "image-noise": ("std of Gaussian pixel noise, in 0-255 units", 0.0, 128.0),
+    "brightness": ("factor on every pixel", 0.1, 4.0),
+    "contrast": ("factor on each pixel's distance from the frame mean", 0.0, 4.0),
+    "camera-shift": ("pixels the picture is translated by", 0.0, 32.0),
+    "occlusion": ("side of a grey square, as a fraction of the image side", 0.0, 0.9),
+    "state-noise": ("std of Gaussian noise on hand and goal xyz, in metres", 0.0, 1.0),
+    "paraphrase": ("which held-out instruction paraphrase (1 or 2)", 1.0, 2.0),
+}
+# named perturbations (what `eval.perturb` and `actdistill robustness` accept besides "kind:level")
+PERTURB_PRESETS: dict[str, str] = {
+    "image-noise-low": "image-noise:4",
+    "image-noise-high": "image-noise:16",
+    "brightness": "brightness:1.3",
+    "contrast": "contrast:0.6",
+    "camera-shift": "camera-shift:3",
+    "occlusion": "occlusion:0.2",
+    "state-noise": "state-noise:0.01",
+    "paraphrase-1": "paraphrase:1",
+    "paraphrase-2": "paraphrase:2",
+}
+
+
+def parse_perturbation(spec: str) -> tuple[str, float]:
+    """(kind, level) of a perturbation named by a preset or written "kind:level"; "none" is ("none", 0.0)."""
+    if spec == "none":
+        return "none", 0.0
+    text = PERTURB_PRESETS.get(spec, spec)
+    kind, sep, level_s = text.partition(":")
+    if kind not in PERTURB_KINDS or not sep:
+        raise ConfigError(f"Unknown perturbation {spec!r}; use 'none', one of {', '.join(PERTURB_PRESETS)}, or "
+                          f"'kind:level' with kind in {', '.join(PERTURB_KINDS)}.")
+    unit, lo, hi = PERTURB_KINDS[kind]
+    try:
+        level = float(level_s)
+    except ValueError:
+        level = math.nan
+    if not lo <= level <= hi or (kind == "paraphrase" and level not in (1.0, 2.0)):
+        raise ConfigError(f"Perturbation {spec!r}: the {kind} level ({unit}) must be in [{lo:g}, {hi:g}], got {level_s!r}.")
+    return kind, level
 
 
 @dataclass(frozen=True)
@@ -99,10 +142,10 @@ def _state_noise(p: Perturbation, obs: Observation, seed: int, step: int, task: 
 
 
 def _paraphrase(p: Perturbation, obs: Observation, seed: int, step: int, task: str) -> Observation:
-    return replace(obs, instruction=PARAPHRASES[task][int(p.level) - 1])
+    return replace(obs, instruction=instruction_for(task, int(p.level) - 1))
 
 
-# one implementation per kind of config.PERTURB_KINDS (tests/test_perturb.py checks that none is missing)
+# one implementation per kind of PERTURB_KINDS (tests/test_perturb.py checks that none is missing)
 _APPLY = {"image-noise": _noise, "brightness": _brightness, "contrast": _contrast, "camera-shift": _shift,
           "occlusion": _occlusion, "state-noise": _state_noise, "paraphrase": _paraphrase}
 IMPLEMENTED = tuple(_APPLY)
