@@ -54,9 +54,9 @@ def _summary(folder) -> dict:
 def _relative_gap(one: dict, two: dict, init: dict) -> float:
     """|two - one| over the size of one's training update |one - init|, on the tensors `init` holds.
 
-    Not zero: each rank averages its loss over its own unpadded chunk steps before DDP averages the
-    gradients, and AdamW's normalised steps flip the sign of near-zero gradients; both are small
-    next to the update itself."""
+    Not zero, but at float level: a matrix product over 8 rows does not round exactly like the same rows in a
+    product over 16. Before batch statistics were taken over the global batch (globalbatch.py) the distilled
+    student differed by 5.4% of its update."""
     gap = sum(float(((two[k] - one[k]).double() ** 2).sum()) for k in init) ** 0.5
     update = sum(float(((one[k] - init[k]).double() ** 2).sum()) for k in init) ** 0.5
     assert update > 0
@@ -101,7 +101,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_demos, 
     d1, d2 = (load_tensors(tmp_path / d / "model.safetensors", d) for d in ("d1", "d2"))
     init = {f"vla.{k}": v for k, v in t2.items()}  # the student starts as the teacher
     gaps["distill"] = _relative_gap(d1, d2, init)
-    assert all(g < 0.1 for g in gaps.values()), gaps
+    assert all(g < 1e-4 for g in gaps.values()), gaps  # float tolerance: batch statistics are global (globalbatch.py)
 
 
 def test_deepspeed_and_single_process_fsdp_are_refused_before_any_work(tmp_path, monkeypatch):
@@ -134,8 +134,8 @@ def _torchrun(args: list[str], processes: int = 2, check: bool = True) -> subpro
 
 def test_fsdp_distillation_matches_ddp_and_one_process_and_resumes_after_a_rank_dies(tiny_demos, tmp_path):
     """Two gloo processes with FSDP (parameters, gradients and optimizer state sharded per decoder layer) give the
-    student two DDP processes give (same per-rank batches) to float tolerance, and the one-process student with the
-    same global batch within the DDP tolerance; killed mid-run on one rank, the run resumes from its last sharded
+    student two DDP processes give (same per-rank batches) and the one-process student with the same global batch,
+    to float tolerance; killed mid-run on one rank, the run resumes from its last sharded
     checkpoint to the uninterrupted run's weights."""
     one, two = _configs(batch_size=16), _configs(batch_size=8)
     _run("train-teacher", 1, tmp_path / "t", one["train-teacher"], tiny_demos)
@@ -151,7 +151,7 @@ def test_fsdp_distillation_matches_ddp_and_one_process_and_resumes_after_a_rank_
     t = load_tensors(tmp_path / "t" / "model.safetensors", "teacher")
     init = {f"vla.{k}": v for k, v in t.items()}  # the student starts as the teacher
     assert _relative_gap(ddp, sh, init) < 1e-3  # the same arithmetic, sharded
-    assert _relative_gap(d1, sh, init) < 0.1
+    assert _relative_gap(d1, sh, init) < 1e-4
     # teacher training and probing take the same option (the probe stage shards the probes; the teacher stays whole)
     sharded = {k: {**two[k], "train": {**two[k]["train"], "sharding": "fsdp"}} for k in ("train-teacher", "probe")}
     _run("train-teacher", 2, tmp_path / "t-ddp", two["train-teacher"], tiny_demos)

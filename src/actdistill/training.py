@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from actdistill.artifacts import ArtifactError, atomic_save_tensors, atomic_write_json, hash_json, load_tensors, read_json
 from actdistill.config import ConfigError, TrainConfig
 from actdistill.constants import OBS_IMAGE, TRAIN_META_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
+from actdistill.globalbatch import global_batch
 from actdistill.sharding import (consolidate, grad_norm_value, load_sharded, save_sharded, set_activation_checkpointing,
                                  shard_model)
 
@@ -226,7 +227,8 @@ def train_loop(
         gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step * 31 + accelerator.process_index)
         batch[OBS_IMAGE] = random_shift(batch[OBS_IMAGE], cfg.shift_augment, gen)
         batch = {k: (v.to(accelerator.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        loss, logs = loss_fn(model, batch, step)
+        with global_batch(accelerator.num_processes > 1):  # batch statistics over every process's rows
+            loss, logs = loss_fn(model, batch, step)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"{stage}: the loss became {loss.item()} at step {step}; the last good checkpoint in {ckpt_dir} is kept "

@@ -1,6 +1,8 @@
 """ActDistill losses as pure functions of tensors (docs/design.md "Losses").
 
-Shapes: B batch, L layers, d_s semantic dim, C chunk length, A = 4 action dims.
+Shapes: B batch, L layers, d_s semantic dim, C chunk length, A = 4 action dims. When several processes train,
+the terms that depend on more than one row (the relational semantic term, the gate statistics) take the rows
+of every process (actdistill/globalbatch.py), and padded means divide by the valid steps of all of them.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from actdistill.config import STREAM_NORMS
+from actdistill.globalbatch import rows_of_all_processes
 from actdistill.distill.routing import straight_through
 from actdistill.models.heads import action_loss
 
@@ -29,6 +32,7 @@ def cosine_matrix(z: torch.Tensor) -> torch.Tensor:
 
 def semantic_loss(z_s: torch.Tensor, z_t: torch.Tensor, w: torch.Tensor, eta: float = 0.5) -> torch.Tensor:
     """L_sem = sum_l w_l [ mean_b (1 - cos(z_l^S, z_l^T)) + eta * MSE(C_l^S, C_l^T) ].  z_*: (B, L, d_s)."""
+    z_s, z_t = rows_of_all_processes(z_s), rows_of_all_processes(z_t)
     total = z_s.new_zeros(())
     for l in range(z_s.shape[1]):
         cos = 1.0 - F.cosine_similarity(z_s[:, l], z_t[:, l], dim=-1).mean()
@@ -85,7 +89,8 @@ def routed_gate_losses(gates: torch.Tensor, routed: list[int], tau: float, rho: 
     """`gate_losses` over the routed layers only (always-run layers take no part in balance or polarization).
 
     The budget holds the fraction of all layers executed (always-run ones count as executed); under quantile
-    gating it is met exactly by construction and its term is zero. gates: (B, L)."""
+    gating it is met exactly by construction and its term is zero. gates: (B, L), this process's rows."""
+    gates = rows_of_all_processes(gates)
     n_layers = gates.shape[1]
     if gating == "threshold" and len(routed) == n_layers:
         return gate_losses(gates, tau, rho, budget_on)

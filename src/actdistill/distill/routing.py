@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from actdistill import globalbatch
 from actdistill.config import GATINGS, ModelConfig
 from actdistill.constants import ACTION
 from actdistill.models.contract import check_spans, check_vla
@@ -57,6 +58,16 @@ def quantile_gate(logits: torch.Tensor, keep: float) -> tuple[torch.Tensor, torc
     g = torch.sigmoid(logits - thr)
     return hard.view_as(logits), thr, g
 
+
+
+def global_quantile_gate(logits: torch.Tensor, keep: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`quantile_gate` over the global batch while several processes train (globalbatch.py): the logits of every
+    process are ranked together and this process's rows of the mask are returned, so the share passes in the
+    global batch, as with one process."""
+    if not globalbatch.active():
+        return quantile_gate(logits, keep)
+    hard, thr, _ = quantile_gate(globalbatch.rows_of_all_processes(logits.detach()), keep)
+    return globalbatch.own_rows(hard, logits.shape[0]), thr, torch.sigmoid(logits - thr)
 
 class Router(nn.Module):
     """Per-input layer gates from the embeddings before layer 0.
@@ -156,7 +167,7 @@ class RoutedStudent(PolicyMixin, nn.Module):
         """(g, m): the gates (B, L) the gate losses read and the masks (B, L) the layers are multiplied by.
 
         Always-run layers get g = m = 1. Quantile gating passes exactly its share of the routed gates of this
-        batch and, in training mode, moves the running threshold towards this batch's threshold."""
+        batch (of the global batch when several processes train) and, in training mode, moves the running threshold towards this batch's threshold."""
         logits = self.router.logits(h0)  # (B, L)
         if self.gating == "threshold" and not self.always_run:  # the plain gate of every layer
             g = torch.sigmoid(logits)
@@ -164,7 +175,7 @@ class RoutedStudent(PolicyMixin, nn.Module):
         routed = list(self.routed_layers)
         g = torch.ones_like(logits)
         if self.gating == "quantile":
-            hard, thr, g_r = quantile_gate(logits[:, routed], self.routed_keep)
+            hard, thr, g_r = global_quantile_gate(logits[:, routed], self.routed_keep)
             if self.training:
                 with torch.no_grad():
                     first = self.threshold_updates == 0

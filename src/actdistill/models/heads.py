@@ -22,12 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from actdistill import globalbatch
 from actdistill.config import HEADS
 from actdistill.constants import ACTION_DIM
 
 
 def masked_mean(err: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
-    """Mean of err (B, chunk) over the chunk steps inside the episode (pad True = beyond its end)."""
+    """Mean of err (B, chunk) over the chunk steps inside the episode (pad True = beyond its end); over the rows
+    of every process while globalbatch.global_batch is active."""
+    if globalbatch.active():
+        valid = torch.ones_like(err) if pad is None else (~pad).to(err.dtype)
+        total = globalbatch.sum_over_processes((err * valid).sum())
+        return total / globalbatch.sum_over_processes(valid.sum()).clamp_min(1.0)
     if pad is None:
         return err.mean()
     valid = (~pad).to(err.dtype)
