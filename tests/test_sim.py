@@ -129,3 +129,10 @@ def test_an_mt50_task_renders_and_its_expert_solves_it():
         assert ok
     finally:
         env.close()
+
+
+def test_expert_success_counts_the_seeds_up_to_the_last_kept_demo():
+    from actdistill.collect import expert_success
+
+    # seeds 0..3 were tried before the last kept one (3): 3 successes, 1 failure; seed 5 failed after it
+    assert expert_success({"a": [0, 2, 3], "b": [0, 1]}, {"a": [1, 5], "b": []}) == {"a": 0.75, "b": 1.0}

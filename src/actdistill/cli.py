@@ -92,8 +92,12 @@ def cmd_collect(args) -> None:
                                               "seed": "seed", "camera": "sim.camera", "image_size": "sim.image_size",
                                               "tasks": "sim.tasks"})
     s = collect(cfg, Path(args.out), progress=not args.no_progress)
-    print_table([{"task": t, "demos": cfg.demos_per_task, "frames": n, "expert failures": s["expert_failures"][t]}
-                 for t, n in s["frames_per_task"].items()], ["task", "demos", "frames", "expert failures"], "collected")
+    print_table([{"task": t, "demos": cfg.demos_per_task, "frames": n, "expert failures": s["expert_failures"][t],
+                  "expert success": s["expert_success"][t]} for t, n in s["frames_per_task"].items()],
+                ["task", "demos", "frames", "expert failures", "expert success"], "collected")
+    if s["expert_success_per_group"]:
+        print_table([{"group": g, "expert success": v} for g, v in s["expert_success_per_group"].items()],
+                    ["group", "expert success"], "expert success per difficulty group (mean over its tasks)")
     print(f"\nwrote {s['dataset']} ({s['frames']} frames) in {s['seconds']:.0f} s")
     if args.format == "lerobot":
         from actdistill.data.hdf5 import read_demos

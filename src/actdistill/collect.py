@@ -49,6 +49,18 @@ def _job(args: tuple) -> tuple[str, int, Demo | None]:
     return task, seed, rollout_expert(task, seed, camera, image_size, max_steps, suite)
 
 
+def expert_success(kept: dict[str, list[int]], failed: dict[str, list[int]]) -> dict[str, float]:
+    """Per task, the scripted expert's success rate on the placements up to its last kept demo: every seed
+    below it was tried (kept demos are the lowest successful seeds), so these are the first k seeds of the
+    range with len(kept) successes among them."""
+    out = {}
+    for t, seeds in kept.items():
+        last = max(seeds) if seeds else -1
+        tried = len(seeds) + sum(1 for f in failed[t] if f < last)
+        out[t] = round(len(seeds) / tried, 4) if tried else float("nan")
+    return out
+
+
 def collect(cfg: CollectConfig, out_dir: Path, progress: bool = True) -> dict:
     """Collect `cfg.demos_per_task` successful demos per task into `out_dir/demos.hdf5`."""
     suite = get_suite(cfg.sim.suite)
@@ -113,6 +125,9 @@ def collect(cfg: CollectConfig, out_dir: Path, progress: bool = True) -> dict:
     summary = {"dataset": str(out_dir / DATASET_FILE), "content_hash": writer.content_hash,
                "demos": n * len(cfg.sim.tasks), "frames": sum(frames.values()),
                "frames_per_task": frames, "expert_failures": {t: len(v) for t, v in failed.items()},
+               "expert_success": (rate := expert_success(used, failed)),
+               "expert_success_per_group": {g: round(float(np.mean([rate[t] for t in ts])), 4)
+                                            for g, ts in suite.groups.items() if ts and all(t in rate for t in ts)},
                "seconds": round(time.time() - t0, 1)}
     write_header(out_dir, {**header, "summary": summary})
     return summary
