@@ -48,19 +48,21 @@ def _grads(model) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-def _worker(rank: int, world: int, init: str, out: dict, gating: str, sync: bool) -> None:
+def _worker(rank: int, world: int, init: str, out: dict) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         x, z_t, target, pad = _data()
         rows = slice(rank * B // world, (rank + 1) * B // world)
-        model = _model()
-        with global_batch(sync):
-            loss = _loss(model, x[rows], z_t[rows], target[rows], pad[rows], gating)
-        loss.backward()
-        for p in model.parameters():  # what DDP and FSDP do with the gradients
-            dist.all_reduce(p.grad)
-            p.grad /= world
-        out[rank] = (loss.item(), _grads(model))
+        for gating in ("threshold", "quantile"):
+            for sync in (True, False):
+                model = _model()
+                with global_batch(sync):
+                    loss = _loss(model, x[rows], z_t[rows], target[rows], pad[rows], gating)
+                loss.backward()
+                for p in model.parameters():  # what DDP and FSDP do with the gradients
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+                out[(rank, gating, sync)] = (loss.item(), _grads(model))
     finally:
         dist.destroy_process_group()
 
@@ -73,21 +75,15 @@ def _one_process(gating: str) -> tuple[float, torch.Tensor]:
     return loss.item(), _grads(model)
 
 
-def _two_processes(tmp_path, gating: str, sync: bool) -> dict:
-    out = mp.Manager().dict()
-    mp.start_processes(_worker, args=(2, f"file://{tmp_path}/init-{gating}-{sync}", out, gating, sync), nprocs=2,
-                       start_method="spawn")
-    return dict(out)
-
-
 def test_two_processes_get_the_one_process_gradient_of_the_global_batch(tmp_path):
+    out = mp.Manager().dict()
+    mp.start_processes(_worker, args=(2, f"file://{tmp_path}/init", out), nprocs=2, start_method="spawn")
     for gating in ("threshold", "quantile"):
         loss1, grad1 = _one_process(gating)
-        out = _two_processes(tmp_path, gating, sync=True)
         for rank in (0, 1):
-            loss2, grad2 = out[rank]
+            loss2, grad2 = out[(rank, gating, True)]
             assert abs(loss2 - loss1) < 1e-6 * max(1.0, abs(loss1)), (gating, loss1, loss2)
             assert (grad2 - grad1).abs().max() < 1e-6 * grad1.abs().max(), (gating, (grad2 - grad1).abs().max())
         # control: each process's own batch statistics (what DDP alone gives) are far from the one-process gradient
-        _, grad_local = _two_processes(tmp_path, gating, sync=False)[0]
+        _, grad_local = out[(0, gating, False)]
         assert (grad_local - grad1).abs().max() > 1e-2 * grad1.abs().max(), gating
