@@ -9,6 +9,7 @@ A user mistake ends with one sentence on stderr and exit code 2, never a traceba
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -318,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()  # also the weight-loading bars of the language encoder
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch only rank 0 prints the summary
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    finished = False
     try:
         args.func(args)
+        finished = True
     except USER_ERRORS as err:
         print(f"actdistill: error: {err}", file=sys.stderr)
         return 2
@@ -327,16 +330,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"actdistill: error: {err}", file=sys.stderr)
         return 3
     finally:
-        _close_process_group()
+        _close_process_group(finished)
     return 0
 
 
-def _close_process_group() -> None:
+def _close_process_group(finished: bool) -> None:
     """Under torchrun: shut the process group down before the interpreter does (a gloo thread still running at exit
-    aborted a rank once here: "terminate called without an active exception")."""
+    aborted a rank here: "terminate called without an active exception"). After a finished command every rank
+    first waits for the others; after an error it does not (the others may never arrive)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()  # finalise work objects that still hold tensors while the interpreter is whole
+        if finished:
+            dist.barrier()  # no rank tears its connections down while another still uses them
         dist.destroy_process_group()
 
 

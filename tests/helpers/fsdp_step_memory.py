@@ -2,6 +2,7 @@
 
 usage: python -m torch.distributed.run --nproc-per-node N fsdp_step_memory.py (tiny|default) BATCH
 Rank 0 prints one JSON line: the measured peak of every rank and the plan's FSDP and DDP totals (MiB)."""
+import gc
 import json
 import os
 import sys
@@ -47,4 +48,10 @@ if r == 0:
     plan = plan_memory(run, n)["FSDP"]["total"] * 1024
     print(json.dumps({"model": which, "batch": B, "measured_MiB_per_rank": [x / 2**20 for x in res], "plan_FSDP_MiB": plan,
                       "plan_DDP_MiB": plan_memory(run, n)["DDP"]["total"] * 1024}))
+# release the sharded model's communication state while the interpreter is whole, wait for every rank, then
+# destroy the group (a gloo work object finalised at interpreter exit aborted a rank: "terminate called without
+# an active exception")
+del m, opt, out, loss
+gc.collect()
+dist.barrier()
 dist.destroy_process_group()
