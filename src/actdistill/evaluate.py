@@ -206,11 +206,14 @@ def _job(args: tuple) -> list[dict]:
 def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | None = None, name: str = "policy",
              exclude_seeds: dict[str, list[int]] | None = None, progress: bool = True,
              seeds_per_task: dict[str, list[int]] | None = None, record_logits: bool = False,
-             return_episodes: bool = False):
+             return_episodes: bool = False, earlier: list[dict] | None = None):
     """Closed-loop evaluation; returns (and writes under `out_dir`) per-task and mean success with 95% CIs.
 
     Placements are the held-out evaluation seeds unless `seeds_per_task` names others (calibration uses
-    training placements). `return_episodes` also returns the per-episode records.
+    training placements). `return_episodes` also returns the per-episode records. `earlier`: records of an
+    evaluation of the same policy and config with fewer episodes (pipeline.earlier_episodes); a lock-step group
+    whose placements they all cover is taken from them instead of being run again (an episode is a function of
+    its group's placements, so the records are the ones this evaluation would produce).
     """
     get_suite(sim.suite).check_tasks(sim.tasks)
     t0 = time.time()
@@ -220,12 +223,17 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
         overlap = set(used) & set(seeds.get(task, []))
         if overlap:
             raise ValueError(f"Evaluation placement seeds overlap the {task} demonstrations ({len(overlap)} seeds); choose another eval.seed.")
-    jobs = []
+    jobs, reused = [], []
+    known = {(e["task"], e["seed"]): e for e in earlier or []}
     for task in sim.tasks:
         for g in range(0, len(seeds[task]), cfg.batch_envs):
             keep = max(0, cfg.gifs_per_task - g)
-            jobs.append((task, seeds[task][g:g + cfg.batch_envs], sim, cfg.max_steps, keep, cfg.perturb, cfg.trace))
-    episodes: list[dict] = []
+            group = seeds[task][g:g + cfg.batch_envs]
+            if keep == 0 and not record_logits and all((task, s) in known for s in group):
+                reused += [known[(task, s)] for s in group]
+            else:
+                jobs.append((task, group, sim, cfg.max_steps, keep, cfg.perturb, cfg.trace))
+    episodes: list[dict] = list(reused)
     bar = tqdm(total=sum(len(v) for v in seeds.values()), desc=f"evaluate {name}", unit="ep", disable=not progress, dynamic_ncols=True)
 
     def _collect(results: list[dict]) -> None:
@@ -257,6 +265,8 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
     episodes.sort(key=lambda e: (sim.tasks.index(e["task"]), e["seed"]))
     result = summarize(episodes, sim.tasks, name, cfg, get_suite(sim.suite).groups)
     result["seconds"] = round(time.time() - t0, 1)
+    if reused:
+        result["episodes_reused"] = len(reused)
     if out_dir is not None:
         write_results(result, episodes, Path(out_dir))
     return (result, episodes) if return_episodes else result

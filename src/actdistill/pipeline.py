@@ -7,6 +7,7 @@ crash or a config change redoes only what changed.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Callable
@@ -53,6 +54,24 @@ class StageRunner:
         return summary
 
 
+def earlier_episodes(out_dir: Path, eval_cfg: EvalConfig, sim: SimConfig, weights_hash: str) -> list[dict] | None:
+    """The episode records of a finished evaluation in `out_dir` of the same policy weights, sim and eval config
+    except fewer episodes per task, a multiple of `batch_envs` (so its lock-step groups are groups this
+    evaluation runs too): raising `episodes_per_task` then runs only the new placements."""
+    path = out_dir / HEADER_FILE
+    if not path.is_file():
+        return None
+    header = read_json(path, "the evaluation header")
+    n = header.get("summary", {}).get("row", {}).get("episodes_per_task")
+    if (header.get("stage") != "evaluate" or header.get("inputs") != {"policy": weights_hash} or not isinstance(n, int)
+            or not 0 < n < eval_cfg.episodes_per_task or n % eval_cfg.batch_envs):
+        return None
+    before = dataclasses.replace(eval_cfg, episodes_per_task=n)
+    if header.get("config_hash") != hash_json({"eval": before.to_dict(), "sim": sim.to_dict()}):
+        return None
+    return read_json(out_dir / "episodes.json", "the earlier evaluation's episodes")
+
+
 def evaluate_stage(spec_path: Path, weights_hash: str, eval_cfg: EvalConfig, sim: SimConfig, out_dir: Path, name: str,
                    exclude: dict, progress: bool, policy=None) -> dict:
     """Evaluate a policy folder and stamp the result with a header keyed by eval config, sim and policy weights.
@@ -63,7 +82,8 @@ def evaluate_stage(spec_path: Path, weights_hash: str, eval_cfg: EvalConfig, sim
 
     in_process = policy is not None and eval_cfg.workers == 1
     result = evaluate(policy if in_process else PolicySpec(str(spec_path)), eval_cfg, sim, out_dir, name=name,
-                      exclude_seeds=exclude, progress=progress)
+                      exclude_seeds=exclude, progress=progress,
+                      earlier=earlier_episodes(out_dir, eval_cfg, sim, weights_hash))
     summary = {"seconds": result["seconds"], "row": result}
     write_header(out_dir, make_header("evaluate", {"eval": eval_cfg.to_dict(), "sim": sim.to_dict()},
                                       inputs={"policy": weights_hash}, summary=summary))
