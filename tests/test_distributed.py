@@ -172,20 +172,21 @@ def test_fsdp_distillation_matches_ddp_and_one_process_and_resumes_after_a_rank_
     latest = json.loads((ckpt / "latest.json").read_text())
     assert sorted(p.name for p in (ckpt / latest["folder"]).iterdir() if p.name.startswith("rng-")) == ["rng-0.safetensors",
                                                                                                       "rng-1.safetensors"]
-    # kill rank 1 at its 4th loss call (step 3: after the checkpoint at step 2), then run again
-    longer = {**fsdp, "train": {**fsdp["train"], "steps": 6, "checkpoint_every": 2}}
-    cfg_path = tmp_path / "longer.json"
-    cfg_path.write_text(json.dumps(longer))
-    common = [HELPER, str(cfg_path), str(teacher), str(probe), str(tiny_demos)]
-    died = _torchrun(common + [str(tmp_path / "killed"), "4"], check=False)
+    # kill rank 1 at its 4th loss call (step 3: after the checkpoint at step 2), run again, and compare with the
+    # uninterrupted FSDP run above (checkpointing more often does not change the arithmetic)
+    killed = {**fsdp, "train": {**fsdp["train"], "checkpoint_every": 2}}
+    cfg_path = tmp_path / "killed.json"
+    cfg_path.write_text(json.dumps(killed))
+    common = [HELPER, str(cfg_path), str(teacher), str(probe), str(tiny_demos), str(tmp_path / "killed")]
+    died = _torchrun(common + ["4"], check=False)
     assert died.returncode != 0 and not (tmp_path / "killed" / "model.safetensors").exists()
     assert json.loads((tmp_path / "killed" / "ckpt" / "latest.json").read_text())["step"] == 2
-    _torchrun(common + [str(tmp_path / "killed"), "-1"])  # resumes from step 2
-    _torchrun(common + [str(tmp_path / "whole"), "-1"])  # never interrupted
-    a, b = (load_tensors(tmp_path / d / "model.safetensors", d) for d in ("killed", "whole"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    log = [json.loads(line) for line in (tmp_path / "killed" / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [0, 5]  # each logged step once, across the kill
+    _torchrun(common + ["-1"])  # resumes from step 2
+    a = load_tensors(tmp_path / "killed" / "model.safetensors", "killed")
+    assert a.keys() == sh.keys() and all(torch.equal(a[k], sh[k]) for k in a)
+    steps = [[json.loads(line)["step"] for line in (tmp_path / d / "train_log.jsonl").read_text().splitlines()]
+             for d in ("killed", "fsdp")]
+    assert steps[0] == steps[1] and len(set(steps[0])) == len(steps[0])  # each logged step once, across the kill
 
 
 def test_plan_predicts_the_peak_memory_of_a_sharded_step_within_15_percent():

@@ -92,30 +92,25 @@ def test_cli_evaluate_writes_results_and_a_header(tiny_teacher, tmp_path):
 
 
 def test_raising_the_episode_count_reuses_the_earlier_groups_and_equals_a_fresh_evaluation(tiny_teacher, tmp_path):
+    import dataclasses
+
     from actdistill.artifacts import weights_hash_of
-    from actdistill.pipeline import evaluate_stage
+    from actdistill.pipeline import earlier_episodes, evaluate_stage
 
     sim = SimConfig(tasks=TINY_TASKS, image_size=32)
     w = weights_hash_of(tiny_teacher)
-
-    def cfg(n: int, **kw) -> EvalConfig:
-        return EvalConfig(episodes_per_task=n, max_steps=12, workers=1, batch_envs=2, perturb="image-noise-low",
-                          trace=True, **kw)
-
-    evaluate_stage(tiny_teacher, w, cfg(2), sim, tmp_path / "grown", "t", {}, False)
-    grown = evaluate_stage(tiny_teacher, w, cfg(4), sim, tmp_path / "grown", "t", {}, False)["row"]
-    fresh = evaluate_stage(tiny_teacher, w, cfg(4), sim, tmp_path / "fresh", "t", {}, False)["row"]
+    two = EvalConfig(episodes_per_task=2, max_steps=12, workers=1, batch_envs=2, perturb="image-noise-low", trace=True)
+    four = dataclasses.replace(two, episodes_per_task=4)
+    evaluate_stage(tiny_teacher, w, two, sim, tmp_path / "grown", "t", {}, False)
+    # another config (here the perturbation), another policy, or groups that do not line up: nothing to reuse
+    assert len(earlier_episodes(tmp_path / "grown", four, sim, w)) == 2 * len(TINY_TASKS)
+    assert earlier_episodes(tmp_path / "grown", dataclasses.replace(four, perturb="none"), sim, w) is None
+    assert earlier_episodes(tmp_path / "grown", four, sim, "0" * 16) is None
+    assert earlier_episodes(tmp_path / "grown", dataclasses.replace(four, batch_envs=3), sim, w) is None
+    grown = evaluate_stage(tiny_teacher, w, four, sim, tmp_path / "grown", "t", {}, False)["row"]
+    fresh = evaluate_stage(tiny_teacher, w, four, sim, tmp_path / "fresh", "t", {}, False)["row"]
     assert grown["episodes_reused"] == 2 * len(TINY_TASKS) and "episodes_reused" not in fresh
     a, b = (json.loads((tmp_path / d / "episodes.json").read_text()) for d in ("grown", "fresh"))
     assert a == b
     assert {k: v for k, v in grown.items() if k not in ("seconds", "episodes_reused")} == \
            {k: v for k, v in fresh.items() if k != "seconds"}
-    # another config (here the perturbation), another policy, or groups that do not line up: nothing is reused
-    evaluate_stage(tiny_teacher, w, cfg(2), sim, tmp_path / "other", "t", {}, False)
-    other = evaluate_stage(tiny_teacher, w, EvalConfig(episodes_per_task=4, max_steps=12, workers=1, batch_envs=2,
-                                                       trace=True), sim, tmp_path / "other", "t", {}, False)["row"]
-    assert "episodes_reused" not in other
-    evaluate_stage(tiny_teacher, w, cfg(3), sim, tmp_path / "odd", "t", {}, False)
-    assert "episodes_reused" not in evaluate_stage(tiny_teacher, w, cfg(4), sim, tmp_path / "odd", "t", {}, False)["row"]
-    evaluate_stage(tiny_teacher, w, cfg(2), sim, tmp_path / "pol", "t", {}, False)
-    assert "episodes_reused" not in evaluate_stage(tiny_teacher, "0" * 16, cfg(4), sim, tmp_path / "pol", "t", {}, False)["row"]
