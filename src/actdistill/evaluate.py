@@ -71,9 +71,9 @@ class _Log:
     trace: bool
     routed: bool
     layer_sum: np.ndarray | None = None
-    calls: np.ndarray = None  # type: ignore[assignment]
-    gate_logits: list = None  # type: ignore[assignment]
-    traces: list = None  # type: ignore[assignment]
+    calls: np.ndarray = field(init=False)
+    gate_logits: list = field(init=False)
+    traces: list = field(init=False)
     gates: dict = field(default_factory=dict)
     prev_dec: np.ndarray | None = None
 

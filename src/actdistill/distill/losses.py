@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from actdistill.config import STREAM_NORMS
-from actdistill.globalbatch import rows_of_all_processes
 from actdistill.distill.routing import straight_through
+from actdistill.globalbatch import rows_of_all_processes
 from actdistill.models.heads import action_loss
 
 

@@ -59,7 +59,6 @@ def quantile_gate(logits: torch.Tensor, keep: float) -> tuple[torch.Tensor, torc
     return hard.view_as(logits), thr, g
 
 
-
 def global_quantile_gate(logits: torch.Tensor, keep: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`quantile_gate` over the global batch while several processes train (globalbatch.py): the logits of every
     process are ranked together and this process's rows of the mask are returned, so the share passes in the
@@ -68,6 +67,7 @@ def global_quantile_gate(logits: torch.Tensor, keep: float) -> tuple[torch.Tenso
         return quantile_gate(logits, keep)
     hard, thr, _ = quantile_gate(globalbatch.rows_of_all_processes(logits.detach()), keep)
     return globalbatch.own_rows(hard, logits.shape[0]), thr, torch.sigmoid(logits - thr)
+
 
 class Router(nn.Module):
     """Per-input layer gates from the embeddings before layer 0.
@@ -167,7 +167,8 @@ class RoutedStudent(PolicyMixin, nn.Module):
         """(g, m): the gates (B, L) the gate losses read and the masks (B, L) the layers are multiplied by.
 
         Always-run layers get g = m = 1. Quantile gating passes exactly its share of the routed gates of this
-        batch (of the global batch when several processes train) and, in training mode, moves the running threshold towards this batch's threshold."""
+        batch (of the global batch when several processes train) and, in training mode, moves the running
+        threshold towards this batch's threshold."""
         logits = self.router.logits(h0)  # (B, L)
         if self.gating == "threshold" and not self.always_run:  # the plain gate of every layer
             g = torch.sigmoid(logits)

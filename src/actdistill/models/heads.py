@@ -30,14 +30,11 @@ from actdistill.constants import ACTION_DIM
 def masked_mean(err: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
     """Mean of err (B, chunk) over the chunk steps inside the episode (pad True = beyond its end); over the rows
     of every process while globalbatch.global_batch is active."""
-    if globalbatch.active():
-        valid = torch.ones_like(err) if pad is None else (~pad).to(err.dtype)
-        total = globalbatch.sum_over_processes((err * valid).sum())
-        return total / globalbatch.sum_over_processes(valid.sum()).clamp_min(1.0)
-    if pad is None:
+    if pad is None and not globalbatch.active():
         return err.mean()
-    valid = (~pad).to(err.dtype)
-    return (err * valid).sum() / valid.sum().clamp_min(1.0)
+    valid = torch.ones_like(err) if pad is None else (~pad).to(err.dtype)
+    total = globalbatch.sum_over_processes((err * valid).sum())  # each sum is this process's own with one process
+    return total / globalbatch.sum_over_processes(valid.sum()).clamp_min(1.0)
 
 
 def action_loss(pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
