@@ -198,7 +198,8 @@ def cmd_bench(args) -> None:
 def cmd_ablate(args) -> None:
     from actdistill.bench.ablation import ablation_table, run_ablation
 
-    cfg = _build_config(AblationConfig, args, {"rho": "rho", "episodes": "eval.episodes_per_task", "variants": "variants"})
+    cfg = _build_config(AblationConfig, args, {"rho": "rho", "episodes": "eval.episodes_per_task", "variants": "variants",
+                                               "perturbations": "perturbations"})
     r = run_ablation(Path(args.run), cfg, progress=not args.no_progress)
     print_table(r["stages"], ["stage", "status", "seconds", "note"], "ablation stages")
     print("\n" + ablation_table(r["rows"], cfg))
@@ -468,6 +469,8 @@ def _add_pipeline_commands(sub) -> None:
     ab.add_argument("--rho", type=float, help="the budget (default 0.3).")
     ab.add_argument("--episodes", type=int, help="validation episodes per task (default 30).")
     ab.add_argument("--variants", nargs="+", help="which variants (default: all; 'full' is always needed).")
+    ab.add_argument("--perturbations", nargs="+", help="also evaluate every variant under these perturbations (presets "
+                    "or kind:level, as in `actdistill robustness`), on the same validation placements.")
     _common(ab)
     ab.set_defaults(func=cmd_ablate)
 

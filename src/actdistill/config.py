@@ -311,8 +311,15 @@ class DistillConfig(_Base):
     threshold_source: str = "running"
     always_run: int = 0  # hybrid depth: this many layers run for every input (those that change their input most)
     stream_norm: str = "none"  # "none", "terms" (mean instead of sum), "initial" (each stream / its value at start)
+    # router consistency (distill/consistency.py): weight of the gate-logit agreement between each batch and a
+    # perturbed view of it (brightness and contrast factors in [1 - jitter, 1 + jitter], instruction embeddings moved
+    # by up to lang_noise); 0 = off
+    router_consistency: float = 0.0
+    router_jitter: float = 0.4
+    router_lang_noise: float = 1.0
 
-    _LATER_FIELDS = ("gating", "threshold_momentum", "always_run", "stream_norm", "threshold_source")
+    _LATER_FIELDS = ("gating", "threshold_momentum", "always_run", "stream_norm", "threshold_source",
+                     "router_consistency", "router_jitter", "router_lang_noise")
 
     def __post_init__(self) -> None:
         _check(0.0 < self.rho <= 1.0, f"DistillConfig.rho must be in (0, 1], got {self.rho}.")
@@ -327,6 +334,9 @@ class DistillConfig(_Base):
         _check(self.threshold_source in ("running", "data"),
                f"DistillConfig.threshold_source must be 'running' or 'data', got {self.threshold_source!r}.")
         _check(self.always_run >= 0, "DistillConfig.always_run must be >= 0.")
+        _check(self.router_consistency >= 0, "DistillConfig.router_consistency must be >= 0.")
+        _check(0.0 <= self.router_jitter < 1.0, f"DistillConfig.router_jitter must be in [0, 1), got {self.router_jitter}.")
+        _check(self.router_lang_noise >= 0, "DistillConfig.router_lang_noise must be >= 0.")
         _check(self.stream_norm in STREAM_NORMS,
                f"DistillConfig.stream_norm must be one of {', '.join(STREAM_NORMS)}, got {self.stream_norm!r}.")
 
@@ -453,9 +463,18 @@ class AblationConfig(_Base):
                                  "quantile", "hybrid", "full+settle", "router-kd+settle")
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes_per_task=30, split="val"))
     bootstrap_samples: int = 2000
+    perturbations: tuple[str, ...] = ()  # also evaluate every variant under these (sim/perturb.py), on validation
+
+    _LATER_FIELDS = ("perturbations",)
 
     def __post_init__(self) -> None:
         self.variants = tuple(self.variants)
+        self.perturbations = tuple(self.perturbations)
+        for p in self.perturbations:
+            _check(p != "none", "AblationConfig.perturbations lists 'none'; the clean evaluation is always made.")
+            parse_perturbation(p)
+        _check(self.eval.perturb == "none", "AblationConfig.eval.perturb must be 'none'; list perturbations in "
+                                            "AblationConfig.perturbations.")
         _check(0.0 < self.rho <= 1.0, f"AblationConfig.rho must be in (0, 1], got {self.rho}.")
         _check(len(self.variants) > 0, "AblationConfig.variants must name at least one variant.")
         _check(self.eval.split == "val", "AblationConfig.eval.split must be 'val': choices are made on validation "

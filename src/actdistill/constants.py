@@ -12,6 +12,7 @@ ACTION = "action"  # (B, chunk, 4): the next `chunk` actions
 ACTION_PAD = "action_is_pad"  # (B, chunk) bool: chunk steps past the episode end
 SAMPLE_ID = "sample_id"  # (B,) int64: global frame index in the dataset
 TASK_ID = "task_id"  # (B,) int64: index into the benchmark's task list
+ROUTER_VIEW = "router_view"  # dict: a perturbed copy of the observation keys, read only by the router (distill)
 
 STATE_DIM = 7
 ACTION_DIM = 4

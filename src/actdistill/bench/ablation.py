@@ -44,6 +44,8 @@ VARIANTS: dict[str, dict] = {
     "quantile-data": {"distill.gating": "quantile", "distill.threshold_source": "data", "export.calib_rounds": 1},
     "norm-initial+quantile-data": {"distill.stream_norm": "initial", "distill.gating": "quantile",
                                    "distill.threshold_source": "data", "export.calib_rounds": 1},
+    # router consistency under brightness/contrast jitter and instruction-embedding noise (distill/consistency.py)
+    "consistency": {"distill.router_consistency": 1.0},
 }
 
 
@@ -76,8 +78,8 @@ def run_ablation(run_dir: Path, cfg: AblationConfig, progress: bool = True) -> d
     _, cache, _ = load_probe_artifact(probe_dir, teacher, teacher_hash, data.fingerprint)
     sim = rc.collect.sim
     st = StageRunner()
-    eval_key = {"eval": cfg.eval.to_dict(), "sim": sim.to_dict()}
     rows: dict[str, dict] = {}
+    perturbed: dict[str, dict[str, dict]] = {}  # variant -> perturbation -> evaluation row
     for name in cfg.variants:
         kind, dcfg, xcfg = variant_configs(name, rc, cfg.rho)
         folder = out / name.replace("+", "-")
@@ -89,40 +91,74 @@ def run_ablation(run_dir: Path, cfg: AblationConfig, progress: bool = True) -> d
                    lambda s: f"shift {s['gate_shift']:+.3f}", lambda s: s["weights"])
             policy_dir, distilled = folder, {}
         else:
-            # a variant that differs from another only in its export settings reuses that one's distilled student
-            ddir = next((out / other.replace("+", "-") / "distill" for other in VARIANTS
-                         if finished(out / other.replace("+", "-") / "distill", "distill", dcfg.to_dict(),
-                                     {"teacher": teacher_hash, "cache": cache.fingerprint})), folder / "distill")
-            distilled = st.run(f"{name}: distill", "distill", ddir, dcfg.to_dict(), {"teacher": teacher_hash, "cache": cache.fingerprint},
+            # a variant that differs from another only in its export settings reuses that one's distilled student, and
+            # one equal to the run's own distillation at this budget reuses the run's student
+            dkey = {"teacher": teacher_hash, "cache": cache.fingerprint}
+            ddir = next((d for d in [out / other.replace("+", "-") / "distill" for other in VARIANTS]
+                         + [run_dir / f"distill-rho{cfg.rho}"] if finished(d, "distill", dcfg.to_dict(), dkey)),
+                        folder / "distill")
+            distilled = st.run(f"{name}: distill", "distill", ddir, dcfg.to_dict(), dkey,
                                lambda dcfg=dcfg, ddir=ddir: run_distill(dcfg, teacher_dir, probe_dir, data_path, ddir, progress),
                                lambda s: f"keep {s['train_keep_ratio']:.2f}", lambda s: s["weights"])
-            policy_dir = folder / "student"
-            st.run(f"{name}: export", "export", policy_dir, xcfg.to_dict(),
-                   export_inputs(xcfg, weights_hash_of(ddir), cache.fingerprint),
+            xkey = export_inputs(xcfg, weights_hash_of(ddir), cache.fingerprint)
+            run_student = run_dir / f"student-rho{cfg.rho}"
+            policy_dir = run_student if finished(run_student, "export", xcfg.to_dict(), xkey) else folder / "student"
+            st.run(f"{name}: export", "export", policy_dir, xcfg.to_dict(), xkey,
                    lambda xcfg=xcfg, ddir=ddir, pdir=policy_dir: run_export(xcfg, ddir, data_path, pdir, sim, progress,
                                                                          teacher_dir, probe_dir),
                    lambda s: f"shift {s['gate_shift']:+.3f}", lambda s: s["weights"])
         h = weights_hash_of(policy_dir)
-        eval_dir = out / f"eval-{name.replace('+', '-')}"
-        ev = st.run(f"{name}: evaluate (val)", "evaluate", eval_dir, eval_key, {"policy": h},
-                    lambda pdir=policy_dir, h=h, name=name, eval_dir=eval_dir: evaluate_stage(
-                        pdir, h, cfg.eval, sim, eval_dir, name, seeds_used, progress),
-                    lambda s: f"success {s['row']['success_mean']:.3f}, layers {s['row']['layers_executed_frac']:.2f}",
-                    lambda s, eval_dir=eval_dir: str(eval_dir / RESULTS_FILE))
+        ev = evaluate_variant(st, name, policy_dir, h, cfg.eval, sim, out, seeds_used, progress)
+        perturbed[name] = {p: evaluate_variant(st, name, policy_dir, h, dataclasses.replace(cfg.eval, perturb=p), sim,
+                                               out / p, seeds_used, progress)["row"] for p in cfg.perturbations}
         export_summary = read_json(policy_dir / HEADER_FILE, "the export header")["summary"]
         rows[name] = {"variant": name, "kind": kind, "overrides": VARIANTS[name], **ev["row"],
                       "calibration": export_summary.get("calibration", []), "gate_shift": export_summary.get("gate_shift"),
                       "final_losses": distilled.get("final", {}), "train_keep_ratio": distilled.get("train_keep_ratio")}
-    return finish_ablation(rows, cfg, rc, out, data.content_hash, st)
+    return finish_ablation(rows, cfg, rc, out, data.content_hash, st, perturbed)
 
 
-def finish_ablation(rows: dict, cfg: AblationConfig, rc: RunConfig, out: Path, content_hash: str, st: StageRunner) -> dict:
+def evaluate_variant(st: StageRunner, name: str, policy_dir: Path, weights_hash: str, ecfg, sim, root: Path,
+                     seeds_used, progress: bool) -> dict:
+    """One validation evaluation of a variant's policy (under `ecfg.perturb`), reused when already made."""
+    eval_dir = root / f"eval-{name.replace('+', '-')}"
+    label = name if ecfg.perturb == "none" else f"{name} ({ecfg.perturb})"
+    return st.run(f"{label}: evaluate (val)", "evaluate", eval_dir, {"eval": ecfg.to_dict(), "sim": sim.to_dict()},
+                  {"policy": weights_hash},
+                  lambda: evaluate_stage(policy_dir, weights_hash, ecfg, sim, eval_dir, label, seeds_used, progress),
+                  lambda s: f"success {s['row']['success_mean']:.3f}, layers {s['row']['layers_executed_frac']:.2f}",
+                  lambda s: str(eval_dir / RESULTS_FILE))
+
+
+def perturbed_rows(rows: dict, perturbed: dict, samples: int) -> dict:
+    """variant -> perturbation -> success, its CI, layers, the paired drop against the same variant clean and the
+    paired difference against the full method under the same perturbation."""
+    out = {}
+    for name, by_p in perturbed.items():
+        clean = rows[name]["per_episode_success"]
+        out[name] = {}
+        for p, r in by_p.items():
+            cell = {"success_mean": r["success_mean"], "success_ci95": r["success_ci95"],
+                    "layers_executed_frac": r.get("layers_executed_frac", 1.0),
+                    "drop_vs_clean": paired_bootstrap(clean, r["per_episode_success"], samples)}
+            if name != "full":
+                cell["delta_vs_full"] = paired_bootstrap(r["per_episode_success"],
+                                                         perturbed["full"][p]["per_episode_success"], samples)
+            out[name][p] = cell
+    return out
+
+
+def finish_ablation(rows: dict, cfg: AblationConfig, rc: RunConfig, out: Path, content_hash: str, st: StageRunner,
+                    perturbed: dict | None = None) -> dict:
     full = rows["full"]["per_episode_success"]
+    under = perturbed_rows(rows, perturbed or {}, cfg.bootstrap_samples)
     out_rows = []
     for name, r in rows.items():
         row = {k: v for k, v in r.items() if k != "per_episode_success"}
         if name != "full":
             row["delta_vs_full"] = paired_bootstrap(r["per_episode_success"], full, cfg.bootstrap_samples)
+        if under.get(name):
+            row["perturbed"] = under[name]
         out_rows.append(row)
     results = {"benchmark": get_suite(rc.collect.sim.suite).name, "kind": "ablation", "rho": cfg.rho, "split": cfg.eval.split,
                "config": {"run": rc.to_dict(), "ablation": cfg.to_dict()}, "provenance": provenance(),
@@ -139,9 +175,22 @@ def ablation_table(rows: list[dict], cfg: AblationConfig) -> str:
              "|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["success_ci95"]
-        d = r.get("delta_vs_full")
-        d_s = f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" if d else ""
+        d_s = _delta(r.get("delta_vs_full"))
         cal = " / ".join(f"{c['layers_executed_frac']:.2f}" for c in r["calibration"])
         lines.append(f"| {r['variant']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {d_s} | "
                      f"{r.get('layers_executed_frac', 1.0):.3f} | {cal} |")
+    if any("perturbed" in r for r in rows):
+        lines += ["", "Under perturbation (same validation placements and perturbation draws for every variant):", "",
+                  "| variant | perturbation | success (95% CI) | drop vs its clean [95% CI] | delta vs full [95% CI] | "
+                  "layers executed |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            for p, c in r.get("perturbed", {}).items():
+                lo, hi = c["success_ci95"]
+                lines.append(f"| {r['variant']} | {p} | {c['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | "
+                             f"{_delta(c['drop_vs_clean'])} | {_delta(c.get('delta_vs_full'))} | "
+                             f"{c['layers_executed_frac']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _delta(d: list[float] | None) -> str:
+    return f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" if d else ""

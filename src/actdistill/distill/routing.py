@@ -22,7 +22,7 @@ from torch import nn
 
 from actdistill import globalbatch
 from actdistill.config import GATINGS, ModelConfig
-from actdistill.constants import ACTION
+from actdistill.constants import ACTION, ROUTER_VIEW
 from actdistill.models.contract import check_spans, check_vla
 from actdistill.models.policy import PolicyMixin
 from actdistill.models.vla import ReferenceVLA
@@ -163,13 +163,14 @@ class RoutedStudent(PolicyMixin, nn.Module):
         self.probes = None
         return self
 
-    def training_gates(self, h0: torch.Tensor, soft: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_gates(self, h0: torch.Tensor, soft: bool = False,
+                       logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(g, m): the gates (B, L) the gate losses read and the masks (B, L) the layers are multiplied by.
 
         Always-run layers get g = m = 1. Quantile gating passes exactly its share of the routed gates of this
         batch (of the global batch when several processes train) and, in training mode, moves the running
-        threshold towards this batch's threshold."""
-        logits = self.router.logits(h0)  # (B, L)
+        threshold towards this batch's threshold. `logits`: the router's logits of `h0`, when already computed."""
+        logits = self.router.logits(h0) if logits is None else logits  # (B, L)
         if self.gating == "threshold" and not self.always_run:  # the plain gate of every layer
             g = torch.sigmoid(logits)
             return g, (g if soft else straight_through(g, self.tau))
@@ -215,10 +216,13 @@ class RoutedStudent(PolicyMixin, nn.Module):
     def forward_train(self, batch: dict, soft: bool = False, masks: torch.Tensor | None = None) -> dict:
         """Dense pass with gated residuals (every layer computed, gated to an exact skip when m_l = 0).
 
-        `masks` (B, L) replaces the router's masks (the router still runs and its gates are returned)."""
+        `masks` (B, L) replaces the router's masks (the router still runs and its gates are returned). A batch
+        with a ROUTER_VIEW (a perturbed copy of its observations) also returns the router's logits of that view
+        beside those of the batch ("view_logits", "logits"): the router-consistency term reads them."""
         bb = self.vla.backbone
         h = self.vla.embed(batch)  # (B, N, D)
-        g, own = self.training_gates(h, soft)  # (B, L) each
+        logits = self.router.logits(h)  # (B, L)
+        g, own = self.training_gates(h, soft, logits)  # (B, L) each
         masks = own if masks is None else masks.to(own.dtype)
         ctx = bb.context(h)
         hidden = []
@@ -228,7 +232,10 @@ class RoutedStudent(PolicyMixin, nn.Module):
             h = h + m[:, None, None] * (f - h)
             hidden.append(h)
         final = bb.norm(h)
-        out = {"final": final, "gates": g, "masks": masks, "hidden": hidden, "routed": list(self.routed_layers)}
+        out = {"final": final, "gates": g, "masks": masks, "hidden": hidden, "routed": list(self.routed_layers),
+               "logits": logits}
+        if ROUTER_VIEW in batch:  # inside the forward: a DDP/FSDP wrapper sees every parameter this reads
+            out["view_logits"] = self.router.logits(self.vla.embed({**batch, **batch[ROUTER_VIEW]}))
         if getattr(self.vla, "head_family", None) == "regression":  # deterministic and cheap; others sample or arg-max
             out["action"] = self.vla.action_head(final)
         if self.probes is not None:

@@ -14,9 +14,10 @@ import torch
 from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, make_header,
                                   read_json, write_header)
 from actdistill.config import DistillConfig
-from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE, SAMPLE_ID, WEIGHTS_FILE
+from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE, ROUTER_VIEW, SAMPLE_ID, WEIGHTS_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
+from actdistill.distill.consistency import consistency_loss, router_view
 from actdistill.distill.losses import (action_stream_loss, layer_weights, normalise_streams, routed_gate_losses,
                                        semantic_loss)
 from actdistill.distill.similarity import layer_input_similarity
@@ -27,8 +28,12 @@ from actdistill.training import distributed_summary, main_process_writes, train_
 
 
 def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, soft: bool,
-                 initial: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """The ActDistill objective; `initial` = (L_sem, L_act) of the untrained student for stream_norm="initial"."""
+                 initial: torch.Tensor | None = None, step: int = 0) -> tuple[torch.Tensor, dict]:
+    """The ActDistill objective; `initial` = (L_sem, L_act) of the untrained student for stream_norm="initial";
+    `step` seeds the router-consistency view (a pure function of seed and step, so a resumed run draws the same)."""
+    if cfg.router_consistency > 0:
+        gen = torch.Generator().manual_seed(cfg.train.seed * 104_729 + step)
+        batch = {**batch, ROUTER_VIEW: router_view(batch, cfg.router_jitter, cfg.router_lang_noise, gen)}
     out = model(batch, soft=soft)  # through the DDP wrapper when several processes train
     student = unwrap(model)
     l_task, l_sem, l_act = _streams(student, out, batch, cache, cfg)
@@ -37,9 +42,13 @@ def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, s
     gl = routed_gate_losses(g, out["routed"], student.tau, cfg.rho, cfg.budget_on, student.gating)
     loss = (l_task + cfg.alpha * l_sem + cfg.beta * l_act + cfg.lambda_bal * gl["bal"] + cfg.lambda_bud * gl["bud"]
             + cfg.lambda_pol * gl["pol"])
+    cons = {}
+    if cfg.router_consistency > 0:
+        cons["cons"] = consistency_loss(out["logits"], out["view_logits"], out["routed"])
+        loss = loss + cfg.router_consistency * cons["cons"]
     on = out["masks"].detach() >= 0.5 if student.gating == "quantile" else g >= student.tau
     logs = {"loss": loss.item(), "task": l_task.item(), "sem": l_sem.item(), "act": l_act.item(),
-            **{k: v.item() for k, v in gl.items()}, "keep": on.float().mean().item(), "g": g.mean().item(),
+            **{k: v.item() for k, v in {**gl, **cons}.items()}, "keep": on.float().mean().item(), "g": g.mean().item(),
             "gate_on_per_layer": [round(v, 3) for v in on.float().mean(0).tolist()]}
     return loss, logs
 
@@ -112,7 +121,7 @@ def distill_student(cfg: DistillConfig, teacher, probes, cache, data: FrameDatas
     initial = initial_streams(student, data, cache, cfg) if cfg.stream_norm == "initial" else None
 
     def loss_fn(model, batch, step):
-        return distill_loss(model, batch, cache, cfg, soft=step < cfg.soft_warmup_steps, initial=initial)
+        return distill_loss(model, batch, cache, cfg, soft=step < cfg.soft_warmup_steps, initial=initial, step=step)
 
     # The router learns faster than the copied weights: it starts from scratch and must move its gates
     # from "all on" to the budget within one short distillation.

@@ -1,0 +1,72 @@
+"""Router consistency (distill/consistency.py): the view's perturbations stay in their stated ranges, the term
+is zero when the router already agrees, and training on it makes the router's logits agree under a brightness
+change it did not agree on before."""
+
+import math
+
+import pytest
+import torch
+
+from actdistill.config import ConfigError, DistillConfig
+from actdistill.constants import OBS_IMAGE, OBS_LANG, ROUTER_VIEW
+from actdistill.distill.consistency import consistency_loss, embedding_noise, photometric_jitter, router_view
+from tests.test_routing import _batch, _student
+
+
+def test_jitter_scales_brightness_within_its_range_and_zero_jitter_is_the_identity():
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.full((64, 4, 4, 3), 100, dtype=torch.uint8)  # contrast cannot change a flat frame
+    out = photometric_jitter(flat, 0.4, gen).float()
+    assert out.min() >= 60 and out.max() <= 140 and out.std() > 5
+    assert bool((out == out[:, :1, :1, :1]).all())  # one factor per frame
+    img = torch.randint(0, 256, (8, 6, 6, 3), dtype=torch.uint8, generator=gen)
+    assert torch.equal(photometric_jitter(img, 0.0, gen), img)
+
+
+def test_embedding_noise_keeps_unit_norm_and_stays_within_45_degrees():
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(256, 384, generator=gen), dim=1)
+    out = embedding_noise(emb, 1.0, gen)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(256))
+    cos = (out * emb).sum(1)
+    assert cos.min() >= math.cos(math.pi / 4) - 1e-5 and cos.max() < 1.0
+
+
+def test_router_view_refuses_float_images():
+    batch = {OBS_IMAGE: torch.zeros(2, 8, 8, 3), OBS_LANG: torch.zeros(2, 384)}
+    with pytest.raises(ValueError, match="uint8"):
+        router_view(batch, 0.4, 1.0, torch.Generator())
+
+
+def test_config_checks_the_consistency_fields():
+    with pytest.raises(ConfigError, match="router_jitter"):
+        DistillConfig(router_jitter=1.5)
+    assert "router_consistency" not in DistillConfig().to_dict()  # earlier distill fingerprints stay valid
+
+
+def test_training_on_the_term_makes_the_router_agree_under_brightness():
+    student, _, cfg = _student()
+    student.train()
+    batch = _batch(cfg, 16)
+    batch[OBS_LANG] = torch.nn.functional.normalize(batch[OBS_LANG], dim=1)  # sentence embeddings are unit vectors
+    brighter = {**batch, OBS_IMAGE: (batch[OBS_IMAGE].float() * 1.3).clamp(0, 255).to(torch.uint8)}
+
+    def gap() -> float:
+        with torch.no_grad():
+            a = student.router.logits(student.vla.embed(batch))
+            b = student.router.logits(student.vla.embed(brighter))
+        return float((a - b).pow(2).mean())
+
+    with torch.no_grad():  # a router that reads brightness: large weights on the vision summary
+        student.router.gate.weight.normal_(0, 2.0)
+    before = gap()
+    opt = torch.optim.Adam(student.router.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        out = student({**batch, ROUTER_VIEW: router_view(batch, 0.4, 1.0, gen)})
+        loss = consistency_loss(out["logits"], out["view_logits"], out["routed"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert before > 0.05
+    assert gap() < 0.2 * before
