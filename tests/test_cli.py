@@ -201,15 +201,21 @@ def test_tiny_robustness_table_on_a_tiny_run(tiny_run):
     """Teacher, student and the same-budget baselines, clean and perturbed on the same test placements; the table,
     the drop comparisons, the gate statistics and the plots come out of one command."""
     tmp_path, _ = tiny_run
+    # a variant chosen on validation placements (reused when the ablation test made it already) is a row too
+    ab = subprocess.run([sys.executable, "-m", "actdistill.cli", "ablate", "--run", str(tmp_path / "run"), "--rho", "0.5",
+                         "--episodes", "2", "--variants", "full", "consistency", "--set", "eval.max_steps=8", "--set",
+                         "eval.workers=1", "--set", "bootstrap_samples=50", "--no-progress"],
+                        capture_output=True, text=True, timeout=900)
+    assert ab.returncode == 0, ab.stderr[-3000:]
     cfg = {"budgets": [0.5], "perturbations": ["image-noise-high", "paraphrase-1"], "bootstrap_samples": 50,
-           "eval": {"episodes_per_task": 2, "max_steps": 6, "workers": 1, "trace": True}}
+           "variants": ["consistency"], "eval": {"episodes_per_task": 2, "max_steps": 6, "workers": 1, "trace": True}}
     (tmp_path / "robust.json").write_text(json.dumps(cfg))
     proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "robustness", "--run", str(tmp_path / "run"), "--config",
                            str(tmp_path / "robust.json"), "--no-progress"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "run" / "robustness"
     res = json.loads((out / "robustness.json").read_text())
-    names = {"teacher", "actdistill-rho0.5", "static-prune-rho0.5", "router-kd-rho0.5"}
+    names = {"teacher", "actdistill-rho0.5", "static-prune-rho0.5", "router-kd-rho0.5", "actdistill+consistency-rho0.5"}
     cells = {(r["policy"], r["condition"]) for r in res["rows"]}
     assert cells == {(n, c) for n in names for c in ("clean", "image-noise-high", "paraphrase-1")}
     seeds = {json.dumps(json.loads((out / c / f"eval-{n}" / "results.json").read_text())["placement_seeds"])
@@ -217,8 +223,9 @@ def test_tiny_robustness_table_on_a_tiny_run(tiny_run):
     assert len(seeds) == 1 and min(json.loads(seeds.pop())) >= 10_000_000  # the same test placements in every cell
     for r in res["rows"]:
         assert ("drop_vs_clean" in r) == (r["condition"] != "clean")
-    comp = {c["perturbation"]: c for c in res["student_vs_reference"]}
+    comp = {c["perturbation"]: c for c in res["student_vs_reference"] if c["student"] == "actdistill-rho0.5"}
     assert set(comp) == {"image-noise-high", "paraphrase-1"}
+    assert {c["student"] for c in res["student_vs_reference"]} == {"actdistill-rho0.5", "actdistill+consistency-rho0.5"}
     assert {"minus_teacher", "minus_static-prune-rho0.5", "minus_router-kd-rho0.5"} <= set(comp["paraphrase-1"])
     gs = res["gate_stability"]["actdistill-rho0.5"]
     assert len(gs["image-noise-high"]["flip_rate_per_layer"]) == 2 and "flip_rate_per_layer" not in gs["clean"]
@@ -235,6 +242,9 @@ def test_tiny_robustness_table_on_a_tiny_run(tiny_run):
     bad = subprocess.run([sys.executable, "-m", "actdistill.cli", "robustness", "--run", str(tmp_path / "run"),
                           "--perturbations", "fog"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Unknown perturbation 'fog'" in bad.stderr and bad.stderr.count("\n") == 1
+    missing = subprocess.run([sys.executable, "-m", "actdistill.cli", "robustness", "--run", str(tmp_path / "run"),
+                              "--variants", "hybrid"], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "actdistill ablate" in missing.stderr and missing.stderr.count("\n") == 1
 
 
 def test_evaluate_refuses_an_unknown_perturbation_before_any_episode(tiny_teacher, tmp_path):

@@ -210,7 +210,8 @@ def cmd_robustness(args) -> None:
     from actdistill.bench.robustness import robustness_report, run_robustness
 
     cfg = _build_config(RobustnessConfig, args, {"budgets": "budgets", "episodes": "eval.episodes_per_task",
-                                                 "perturbations": "perturbations", "baselines": "baselines"})
+                                                 "perturbations": "perturbations", "baselines": "baselines",
+                                                 "variants": "variants"})
     r = run_robustness(Path(args.run), cfg, progress=not args.no_progress)
     print_table(r["stages"], ["stage", "status", "seconds", "note"], "robustness stages")
     print("\n" + robustness_report(r))
@@ -484,6 +485,8 @@ def _add_pipeline_commands(sub) -> None:
     rb.add_argument("--baselines", nargs="+", help="same-budget baselines (default static-prune router-kd).")
     rb.add_argument("--perturbations", nargs="+", help="which perturbations (default: every preset).")
     rb.add_argument("--episodes", type=int, help="test episodes per task per cell (default 20).")
+    rb.add_argument("--variants", nargs="+", help="ablation variants to report as rows too (each made first by "
+                    "`actdistill ablate` at the same budget, e.g. consistency).")
     _common(rb)
     rb.set_defaults(func=cmd_robustness)
 

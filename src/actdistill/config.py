@@ -494,10 +494,14 @@ class RobustnessConfig(_Base):
     bootstrap_samples: int = 2000
     event_window: int = 3  # steps either side of a gripper open/close command counted as "around the event"
     final_steps: int = 10  # the last steps before success counted as "before success"
+    variants: tuple[str, ...] = ()  # ablation variants (made by `actdistill ablate` at each budget) reported as rows too
+
+    _LATER_FIELDS = ("variants",)
 
     def __post_init__(self) -> None:
         self.budgets = tuple(self.budgets)
         self.baselines = tuple(self.baselines)
+        self.variants = tuple(self.variants)
         self.perturbations = tuple(self.perturbations)
         for r in self.budgets:
             _check(0.0 < r <= 1.0, f"RobustnessConfig budgets must be in (0, 1], got {r}.")

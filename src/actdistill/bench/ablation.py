@@ -61,6 +61,20 @@ def variant_configs(name: str, rc: RunConfig, rho: float) -> tuple[str, DistillC
     return kind, apply_overrides(dcfg, d) if d else dcfg, apply_overrides(rc.export, x) if x else rc.export
 
 
+def variant_policy(run_dir: Path, rho: float, name: str) -> Path:
+    """The exported policy folder `actdistill ablate` made for variant `name` at budget rho (chosen on validation
+    placements; `actdistill robustness --variants` then reports it on test placements)."""
+    if name == "full":
+        raise ConfigError("The 'full' variant is the ActDistill student itself; name the other variants.")
+    kind, _, _ = variant_configs(name, RunConfig.from_dict(read_json(Path(run_dir) / CONFIG_FILE, "the run config")), rho)
+    folder = Path(run_dir) / f"ablation-rho{rho}" / name.replace("+", "-")
+    path = folder if kind == "router-kd" else folder / "student"
+    if not (path / HEADER_FILE).is_file():
+        raise ConfigError(f"No exported policy of ablation variant {name!r} at rho {rho} in {path}; run `actdistill "
+                          f"ablate --run {run_dir} --rho {rho} --variants full {name}` first.")
+    return path
+
+
 def run_ablation(run_dir: Path, cfg: AblationConfig, progress: bool = True) -> dict:
     run_dir = Path(run_dir)
     rc = RunConfig.from_dict(read_json(run_dir / CONFIG_FILE, "the run config"))

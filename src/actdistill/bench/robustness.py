@@ -1,8 +1,8 @@
 """`actdistill robustness`: how the routed student degrades under noisy and unusual inputs (docs/design.md
 "Robustness").
 
-Rows: the teacher, the ActDistill student of each budget and the same-budget baselines (static-prune and
-router-KD by default), each evaluated clean and under every perturbation on the same test placements, with the
+Rows: the teacher, the ActDistill student of each budget, the same-budget baselines (static-prune and
+router-KD by default) and any ablation variants named (chosen on validation by `actdistill ablate`), each evaluated clean and under every perturbation on the same test placements, with the
 same perturbation draws (sim/perturb.py), so that every comparison is paired. Reported per cell: success with
 its 95% CI, the paired drop against the same policy clean, and the layers executed. Per perturbation, the
 student's drop beyond its teacher's (and beyond the static model's of the same budget), paired over placements.
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from actdistill.artifacts import atomic_write_bytes, atomic_write_json, read_json, save_figure
+from actdistill.bench.ablation import variant_policy
 from actdistill.bench.rows import BASELINES, Bench
 from actdistill.config import BenchConfig, ConfigError, RobustnessConfig
 from actdistill.evaluate import paired_bootstrap
@@ -32,12 +33,15 @@ def run_robustness(run_dir: Path, cfg: RobustnessConfig, progress: bool = True) 
     if unknown:
         raise ConfigError(f"Unknown baseline(s) {', '.join(map(repr, unknown))}; choose from {', '.join(BASELINES)}.")
     run_dir = Path(run_dir)
+    variants = {(rho, v): variant_policy(run_dir, rho, v) for rho in cfg.budgets for v in cfg.variants}  # before work
     out = run_dir / "robustness"
     bcfg = BenchConfig(actdistill_budgets=cfg.budgets, baseline_budgets=cfg.budgets, eval=cfg.eval)
     bench = Bench(run_dir, bcfg, progress, eval_root=out / "clean")
     bench.evaluate_row("teacher", bench.teacher_dir, bench.teacher_hash)
     for rho in cfg.budgets:
         bench.actdistill_row(rho, 0)
+    for (rho, v), folder in variants.items():
+        bench.evaluate_row(bench.member(f"actdistill+{v}", rho, 0), folder, bench.weights_hash_of(folder))
     if "scratch" in cfg.baselines:
         bench.count_training_compute()
     for rho in cfg.budgets:
@@ -98,18 +102,19 @@ def drop_difference(policy: dict, reference: dict, samples: int) -> list[float]:
 
 
 def drop_comparisons(cells: dict, cfg: RobustnessConfig, groups: dict) -> list[dict]:
-    """Per ActDistill student and perturbation: its drop minus the teacher's, and minus each same-budget baseline's."""
+    """Per ActDistill student (and ablation variant) and perturbation: its drop minus the teacher's, and minus each
+    same-budget baseline's."""
     out = []
     for rho in cfg.budgets:
-        student = f"actdistill-rho{rho}"
         refs = ["teacher"] + [f"{b}-rho{rho}" for b in cfg.baselines if f"{b}-rho{rho}" in cells["clean"]]
-        for p in cfg.perturbations:
-            entry = {"student": student, "perturbation": p}
-            for ref in refs:
-                entry[f"minus_{ref}"] = drop_difference(
-                    {"clean": cells["clean"][student], "perturbed": cells[p][student]},
-                    {"clean": cells["clean"][ref], "perturbed": cells[p][ref]}, cfg.bootstrap_samples)
-            out.append(entry)
+        for student in [f"actdistill-rho{rho}"] + [f"actdistill+{v}-rho{rho}" for v in cfg.variants]:
+            for p in cfg.perturbations:
+                entry = {"student": student, "perturbation": p}
+                for ref in refs:
+                    entry[f"minus_{ref}"] = drop_difference(
+                        {"clean": cells["clean"][student], "perturbed": cells[p][student]},
+                        {"clean": cells["clean"][ref], "perturbed": cells[p][ref]}, cfg.bootstrap_samples)
+                out.append(entry)
     return out
 
 
