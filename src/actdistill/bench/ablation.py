@@ -46,6 +46,7 @@ VARIANTS: dict[str, dict] = {
                                    "distill.threshold_source": "data", "export.calib_rounds": 1},
     # router consistency under brightness/contrast jitter and instruction-embedding noise (distill/consistency.py)
     "consistency": {"distill.router_consistency": 1.0},
+    "consistency-image": {"distill.router_consistency": 1.0, "distill.router_lang_noise": 0.0},  # brightness/contrast only
 }
 
 
