@@ -335,7 +335,8 @@ class DistillConfig(_Base):
                f"DistillConfig.threshold_source must be 'running' or 'data', got {self.threshold_source!r}.")
         _check(self.always_run >= 0, "DistillConfig.always_run must be >= 0.")
         _check(self.router_consistency >= 0, "DistillConfig.router_consistency must be >= 0.")
-        _check(0.0 <= self.router_jitter < 1.0, f"DistillConfig.router_jitter must be in [0, 1), got {self.router_jitter}.")
+        _check(0.0 <= self.router_jitter < 1.0,
+               f"DistillConfig.router_jitter must be in [0, 1), got {self.router_jitter}.")
         _check(self.router_lang_noise >= 0, "DistillConfig.router_lang_noise must be >= 0.")
         _check(self.stream_norm in STREAM_NORMS,
                f"DistillConfig.stream_norm must be one of {', '.join(STREAM_NORMS)}, got {self.stream_norm!r}.")

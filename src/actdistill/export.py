@@ -158,7 +158,8 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
         initial = dheader.get("summary", {}).get("initial_streams")  # stream_norm="initial": the distillation's scales
         initial = torch.tensor(initial) if initial is not None else None
         history, extra = calibrate_and_settle(student, rho, cfg, sim, training_placements(dataset_path),
-                                              lambda m, b, s: distill_loss(m, b, cache, dcfg, soft=False, initial=initial, step=s),
+                                              lambda m, b, s: distill_loss(m, b, cache, dcfg, soft=False,
+                                                                           initial=initial, step=s),
                                               data, dcfg.train,
                                               out_dir, {"student": dheader["weights_hash"]}, progress)
     student.strip_probes()

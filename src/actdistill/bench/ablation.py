@@ -46,7 +46,8 @@ VARIANTS: dict[str, dict] = {
                                    "distill.threshold_source": "data", "export.calib_rounds": 1},
     # router consistency under brightness/contrast jitter and instruction-embedding noise (distill/consistency.py)
     "consistency": {"distill.router_consistency": 1.0},
-    "consistency-image": {"distill.router_consistency": 1.0, "distill.router_lang_noise": 0.0},  # brightness/contrast only
+    # the same with brightness/contrast jitter only (no instruction-embedding rotation)
+    "consistency-image": {"distill.router_consistency": 1.0, "distill.router_lang_noise": 0.0},
 }
 
 
@@ -67,7 +68,8 @@ def variant_policy(run_dir: Path, rho: float, name: str) -> Path:
     placements; `actdistill robustness --variants` then reports it on test placements)."""
     if name == "full":
         raise ConfigError("The 'full' variant is the ActDistill student itself; name the other variants.")
-    kind, _, _ = variant_configs(name, RunConfig.from_dict(read_json(Path(run_dir) / CONFIG_FILE, "the run config")), rho)
+    rc = RunConfig.from_dict(read_json(Path(run_dir) / CONFIG_FILE, "the run config"))
+    kind, _, _ = variant_configs(name, rc, rho)
     folder = Path(run_dir) / f"ablation-rho{rho}" / name.replace("+", "-")
     path = folder if kind == "router-kd" else folder / "student"
     if not (path / HEADER_FILE).is_file():

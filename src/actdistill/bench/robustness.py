@@ -2,8 +2,9 @@
 "Robustness").
 
 Rows: the teacher, the ActDistill student of each budget, the same-budget baselines (static-prune and
-router-KD by default) and any ablation variants named (chosen on validation by `actdistill ablate`), each evaluated clean and under every perturbation on the same test placements, with the
-same perturbation draws (sim/perturb.py), so that every comparison is paired. Reported per cell: success with
+router-KD by default) and any ablation variants named (chosen on validation by `actdistill ablate`), each
+evaluated clean and under every perturbation on the same test placements, with the same perturbation draws
+(sim/perturb.py), so that every comparison is paired. Reported per cell: success with
 its 95% CI, the paired drop against the same policy clean, and the layers executed. Per perturbation, the
 student's drop beyond its teacher's (and beyond the static model's of the same budget), paired over placements.
 For routed policies: the share of gate decisions each perturbation flips (against the same frame unperturbed)
