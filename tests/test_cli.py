@@ -159,13 +159,13 @@ def test_tiny_ablation_on_validation_placements(tiny_run):
     tmp_path, _ = tiny_run
     proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "ablate", "--run", str(tmp_path / "run"), "--rho", "0.5",
                            "--episodes", "2", "--variants", "full", "no-semantic", "router-kd", "quantile", "norm-initial",
-                           "full+settle", "consistency", "--perturbations", "brightness",
+                           "full+settle", "consistency", "snap", "--perturbations", "brightness",
                            "--set", "eval.max_steps=8", "--set", "eval.workers=1", "--set", "bootstrap_samples=50",
                            "--no-progress"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "ablation-rho0.5" / "ablation.json").read_text())
     rows = {r["variant"]: r for r in res["rows"]}
-    assert list(rows) == ["full", "no-semantic", "router-kd", "quantile", "norm-initial", "full+settle", "consistency"]
+    assert list(rows) == ["full", "no-semantic", "router-kd", "quantile", "norm-initial", "full+settle", "consistency", "snap"]
     # full at the run's own budget is the run's student: nothing distilled or exported again
     assert not (tmp_path / "run" / "ablation-rho0.5" / "full").exists()
     stages = {s["stage"]: s["status"] for s in res["stages"]}
@@ -177,6 +177,9 @@ def test_tiny_ablation_on_validation_placements(tiny_run):
         cell = r["perturbed"]["brightness"]
         assert len(cell["drop_vs_clean"]) == 3 and ("delta_vs_full" in cell) == (name != "full")
     assert "| consistency | brightness |" in (tmp_path / "run" / "ablation-rho0.5" / "ablation.md").read_text()
+    # snapping: the first calibration round fixes nearly constant gates, and the snapped student is measured again
+    cal = rows["snap"]["calibration"]
+    assert len(cal) >= 2 and "snapped_on" in cal[0] and len(cal[0]["on_rate_per_layer"]) == 2
     # full+settle differs from full only in its export: it reuses full's distilled student
     assert not (tmp_path / "run" / "ablation-rho0.5" / "full-settle" / "distill").exists()
     assert (tmp_path / "run" / "ablation-rho0.5" / "full-settle" / "student" / "header.json").is_file()

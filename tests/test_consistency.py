@@ -70,3 +70,28 @@ def test_training_on_the_term_makes_the_router_agree_under_brightness():
         opt.step()
     assert before > 0.05
     assert gap() < 0.2 * before
+
+
+def test_snapping_fixes_the_nearly_constant_gates_and_the_shift_is_read_on_a_free_layer():
+    from actdistill.export import SNAP_BIAS, gate_shift, snap_gates
+
+    student, _, _ = _student()
+    thr = student.gate_threshold
+    steps = 100
+    logits = torch.full((steps, 6), thr - 1.0)
+    logits[:95, 0] = thr + 0.05  # on in 95% of steps, barely above the threshold
+    logits[:4, 1] = thr + 2.0  # on in 4%
+    logits[:50, 2] = thr + 3.0  # truly routed
+    logits[:, 3] = thr + 0.5  # always on
+    with torch.no_grad():
+        student.router.gate_bias[:] = -0.25  # an earlier calibration shift
+    fixed = snap_gates(student, logits, 0.1)
+    # layers 4 and 5 are never on: fixed off as well
+    assert fixed["snapped_on"] == [0, 3] and fixed["snapped_off"] == [1, 4, 5]
+    assert fixed["on_rate_per_layer"][2] == 0.5
+    bias = student.router.gate_bias
+    assert bias[0] > SNAP_BIAS / 2 and bias[1] < -SNAP_BIAS / 2 and bias[2] == -0.25
+    assert gate_shift(student) == -0.25
+    h0 = student.vla.embed(_batch(student.vla.config, 4))
+    mask = student.layer_mask(h0)
+    assert mask[:, [0, 3]].all() and not mask[:, [1, 4, 5]].any()

@@ -352,12 +352,18 @@ class ExportConfig(_Base):
     calib_margin: float = 0.02  # aim this far below rho: evaluation placements differ from calibration ones
     max_steps: int = 300
     settle_steps: int = 0  # after calibration, continue distilling with the calibrated masks (router frozen)
+    # gate snapping: after the first calibration round, a layer on in >= 1 - snap of the closed-loop steps runs for
+    # every input and one on in <= snap for none (0 = off); the shift is then chosen for the remaining gates
+    snap: float = 0.0
 
-    _LATER_FIELDS = ("settle_steps",)
+    _LATER_FIELDS = ("settle_steps", "snap")
 
     def __post_init__(self) -> None:
         _positive(self, "calib_episodes_per_task", "calib_rounds", "max_steps")
         _check(self.settle_steps >= 0, "ExportConfig.settle_steps must be >= 0.")
+        _check(0 <= self.snap < 0.5, f"ExportConfig.snap must be in [0, 0.5), got {self.snap}.")
+        _check(self.snap == 0 or (self.calibrate and self.calib_rounds >= 2),
+               "ExportConfig.snap needs calibration with at least 2 rounds (the snapped student is measured again).")
         _check(0 <= self.calib_margin < 0.5, "ExportConfig.calib_margin must be in [0, 0.5).")
 
     @property

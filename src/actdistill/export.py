@@ -73,14 +73,45 @@ def calibrate(student: RoutedStudent, rho: float, cfg: ExportConfig, sim: SimCon
         result, episodes = evaluate(student, ecfg, sim, None, name=f"{phase} round {r}", progress=progress,
                                     seeds_per_task=seeds, record_logits=True, return_episodes=True)
         frac = result["layers_executed_frac"]
-        shift = float(student.router.gate_bias[0])
-        history.append({"phase": phase, "round": r, "gate_shift": round(shift, 4), "layers_executed_frac": round(frac, 4),
-                        "success_mean": round(result["success_mean"], 4)})
-        if rho - 2 * cfg.calib_margin - 0.02 <= frac <= rho or r == cfg.calib_rounds - 1:
-            break
+        history.append({"phase": phase, "round": r, "gate_shift": round(gate_shift(student), 4),
+                        "layers_executed_frac": round(frac, 4), "success_mean": round(result["success_mean"], 4)})
         logits = torch.from_numpy(np.concatenate([e["gate_logits"] for e in episodes if len(e["gate_logits"])]))
+        snapped = r == 0 and phase == "calibrate" and cfg.snap > 0
+        if snapped:  # the recorded logits as the snapped router would give them
+            fixed = snap_gates(student, logits, cfg.snap)
+            history[-1].update(fixed)
+            logits = logits.clone()
+            logits[:, fixed["snapped_on"]] += SNAP_BIAS
+            logits[:, fixed["snapped_off"]] -= SNAP_BIAS
+        if not snapped and (rho - 2 * cfg.calib_margin - 0.02 <= frac <= rho or r == cfg.calib_rounds - 1):
+            break
         student.router.gate_bias += student.calibrate_shift(logits, target)
     return history
+
+
+SNAP_BIAS = 1e4  # a gate bias this large saturates the sigmoid: the gate is fixed for every input
+
+
+def gate_shift(student: RoutedStudent) -> float:
+    """The calibration shift held in the router's bias (read on a layer that is not fixed on or off)."""
+    bias = student.router.gate_bias
+    free = (bias.abs() < SNAP_BIAS / 2).nonzero()
+    return float(bias[free[0, 0]]) if len(free) else 0.0
+
+
+@torch.no_grad()
+def snap_gates(student: RoutedStudent, logits: torch.Tensor, share: float) -> dict:
+    """Fix the gates that are nearly constant in closed loop: a layer on in at least 1 - `share` of the recorded
+    steps (logits (S, L)) runs for every input, one on in at most `share` for none. Such gates sit where the budget
+    pushed them, near the threshold, and are the ones a small input change flips (docs/design.md "Gate snapping")."""
+    on = (logits >= student.gate_threshold).float().mean(0)
+    always = [l for l in range(len(on)) if on[l] >= 1 - share]
+    never = [l for l in range(len(on)) if on[l] <= share]
+    for l in always:
+        student.router.gate_bias[l] += SNAP_BIAS
+    for l in never:
+        student.router.gate_bias[l] -= SNAP_BIAS
+    return {"snapped_on": always, "snapped_off": never, "on_rate_per_layer": [round(float(v), 4) for v in on]}
 
 
 def settle(student: RoutedStudent, loss_fn, data, train_cfg: TrainConfig, steps: int, out_dir: Path, stage: str,
@@ -185,7 +216,7 @@ def save_student(student: RoutedStudent, out_dir: Path, model_cfg: dict | None, 
     scfg = StudentConfig(model=model_cfg, model_class=f"{cls.__module__}.{cls.__qualname__}", router_dim=router_dim,
                          tau=student.tau, rho=rho, tasks=tuple(tasks))
     atomic_write_json(out_dir / CONFIG_FILE, scfg.to_dict())
-    summary = {"weights": str(out_dir / WEIGHTS_FILE), "rho": rho, "gate_shift": float(student.router.gate_bias[0]),
+    summary = {"weights": str(out_dir / WEIGHTS_FILE), "rho": rho, "gate_shift": gate_shift(student),
                "parameters": sum(p.numel() for p in student.parameters()), **extra}
     write_header(out_dir, make_header("export", config, inputs=inputs, weights_hash=hash_tensors(weights), summary=summary))
     return summary
