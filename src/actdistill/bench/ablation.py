@@ -194,7 +194,7 @@ def ablation_table(rows: list[dict], cfg: AblationConfig) -> str:
              "|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["success_ci95"]
-        d_s = _delta(r.get("delta_vs_full"))
+        d_s = format_delta(r.get("delta_vs_full"))
         cal = " / ".join(f"{c['layers_executed_frac']:.2f}" for c in r["calibration"])
         lines.append(f"| {r['variant']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {d_s} | "
                      f"{r.get('layers_executed_frac', 1.0):.3f} | {cal} |")
@@ -206,10 +206,11 @@ def ablation_table(rows: list[dict], cfg: AblationConfig) -> str:
             for p, c in r.get("perturbed", {}).items():
                 lo, hi = c["success_ci95"]
                 lines.append(f"| {r['variant']} | {p} | {c['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | "
-                             f"{_delta(c['drop_vs_clean'])} | {_delta(c.get('delta_vs_full'))} | "
+                             f"{format_delta(c['drop_vs_clean'])} | {format_delta(c.get('delta_vs_full'))} | "
                              f"{c['layers_executed_frac']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
-def _delta(d: list[float] | None) -> str:
+def format_delta(d: list[float] | None) -> str:
+    """A paired difference [point, lo, hi] as "+0.123 [+0.045, +0.201]" (empty when there is none)."""
     return f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" if d else ""

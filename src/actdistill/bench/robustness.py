@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from actdistill.artifacts import atomic_write_bytes, atomic_write_json, read_json, save_figure
-from actdistill.bench.ablation import variant_policy
+from actdistill.bench.ablation import format_delta, variant_policy
 from actdistill.bench.rows import BASELINES, Bench
 from actdistill.config import BenchConfig, ConfigError, RobustnessConfig
 from actdistill.evaluate import paired_bootstrap
@@ -164,10 +164,6 @@ def routing_failures(student_eps: list[dict], teacher_eps: list[dict], cfg: Robu
             "mean_layers_in_those": mean_layers(lost), "mean_layers_in_successes": mean_layers(won)}
 
 
-def _ci(v: list[float]) -> str:
-    return f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
-
-
 def robustness_report(results: dict) -> str:
     cfg = results["config"]["robustness"]
     n = cfg["eval"]["episodes_per_task"]
@@ -180,7 +176,7 @@ def robustness_report(results: dict) -> str:
         d = r.get("drop_vs_clean")
         flips = r.get("gate_flip_rate")
         lines.append(f"| {r['policy']} | {r['condition']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | "
-                     f"{_ci(d) if d else ''} | {r['layers_executed_frac']:.3f} | {'' if flips is None else f'{flips:.3f}'} |")
+                     f"{format_delta(d)} | {r['layers_executed_frac']:.3f} | {'' if flips is None else f'{flips:.3f}'} |")
     lines += ["", "Drop of the student beyond each reference's drop (positive: the student loses more), paired over "
               "placements:", ""]
     comps = results["student_vs_reference"]
@@ -188,7 +184,7 @@ def robustness_report(results: dict) -> str:
     lines += ["| student | perturbation | " + " | ".join(f"minus {r}" for r in refs) + " |", "|---" * (2 + len(refs)) + "|"]
     for c in comps:
         lines.append(f"| {c['student']} | {c['perturbation']} | "
-                     + " | ".join(_ci(c[f"minus_{r}"]) if f"minus_{r}" in c else "" for r in refs) + " |")
+                     + " | ".join(format_delta(c[f"minus_{r}"]) if f"minus_{r}" in c else "" for r in refs) + " |")
     lines += ["", "Layer usage (mean layers executed per step, clean test episodes):", "",
               "| student | near gripper events | elsewhere | last steps before success | earlier in successes | "
               "lost where the teacher succeeded (episodes, mean layers) | mean layers in successes |",
