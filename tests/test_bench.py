@@ -110,3 +110,18 @@ def test_seed_paired_difference_pairs_seeds_and_covers_their_spread():
     assert per1 == [1.0, 0.0, 1.0] and d1[0] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="same number of seeds"):
         seed_paired_difference([ones, ones], [ones, ones, ones], 10)
+
+
+def test_any_ablation_variant_can_be_settled():
+    from actdistill.bench.ablation import SETTLE_STEPS, variant_configs
+    from actdistill.config import RunConfig
+    from actdistill.errors import ConfigError
+
+    rc = RunConfig()
+    kind, d, x = variant_configs("hybrid+settle", rc, 0.3)
+    assert (kind, d.always_run, d.rho, x.settle_steps) == ("actdistill", 3, 0.3, SETTLE_STEPS)
+    kind, d, x = variant_configs("router-kd+settle", rc, 0.3)
+    assert (kind, x.settle_steps) == ("router-kd", SETTLE_STEPS)
+    assert variant_configs("hybrid", rc, 0.3)[2].settle_steps == rc.export.settle_steps
+    with pytest.raises(ConfigError, match="Unknown ablation variant 'hybrid\\+settle\\+settle'"):
+        variant_configs("hybrid+settle+settle", rc, 0.3)

@@ -35,11 +35,8 @@ VARIANTS: dict[str, dict] = {
     "norm-initial": {"distill.stream_norm": "initial"},
     "quantile": {"distill.gating": "quantile", "export.calib_rounds": 1},  # calibration measures, never shifts
     "hybrid": {"distill.always_run": 3},
-    "full+settle": {"export.settle_steps": 300},
-    "router-kd+settle": {"kind": "router-kd", "export.settle_steps": 300},
     # the winners of the single changes, combined (candidates for the default)
     "norm-initial+quantile": {"distill.stream_norm": "initial", "distill.gating": "quantile", "export.calib_rounds": 1},
-    "norm-initial+settle": {"distill.stream_norm": "initial", "export.settle_steps": 300},
     # quantile gating whose deployed threshold is set from the final router on training frames (no running-average lag)
     "quantile-data": {"distill.gating": "quantile", "distill.threshold_source": "data", "export.calib_rounds": 1},
     "norm-initial+quantile-data": {"distill.stream_norm": "initial", "distill.gating": "quantile",
@@ -51,13 +48,23 @@ VARIANTS: dict[str, dict] = {
     # gates on (off) in >= 85% of closed-loop calibration steps fixed on (off) for every input (export.py snap_gates)
     "snap": {"export.snap": 0.15, "export.calib_rounds": 3},
 }
+# any variant + SETTLE: the same student, then distillation continued under its calibrated masks (export.settle_steps)
+SETTLE = "+settle"
+SETTLE_STEPS = 300
+
+
+def variant_spec(name: str) -> dict:
+    """The overrides of variant `name` (a VARIANTS entry, or one followed by '+settle')."""
+    base = name[:-len(SETTLE)] if name.endswith(SETTLE) else name
+    if base not in VARIANTS:
+        raise ConfigError(f"Unknown ablation variant {name!r}; choose from {', '.join(VARIANTS)}, each optionally "
+                          f"followed by '{SETTLE}'.")
+    return {**VARIANTS[base], **({"export.settle_steps": SETTLE_STEPS} if base != name else {})}
 
 
 def variant_configs(name: str, rc: RunConfig, rho: float) -> tuple[str, DistillConfig, ExportConfig]:
     """(kind, distill config, export config) of a variant at budget rho."""
-    if name not in VARIANTS:
-        raise ConfigError(f"Unknown ablation variant {name!r}; choose from {', '.join(VARIANTS)}.")
-    spec = dict(VARIANTS[name])
+    spec = variant_spec(name)
     kind = spec.pop("kind", "actdistill")
     dcfg = dataclasses.replace(rc.distill, rho=rho)
     d = {k.split(".", 1)[1]: v for k, v in spec.items() if k.startswith("distill.")}
@@ -113,7 +120,7 @@ def run_ablation(run_dir: Path, cfg: AblationConfig, progress: bool = True) -> d
             # a variant that differs from another only in its export settings reuses that one's distilled student, and
             # one equal to the run's own distillation at this budget reuses the run's student
             dkey = {"teacher": teacher_hash, "cache": cache.fingerprint}
-            ddir = next((d for d in [out / other.replace("+", "-") / "distill" for other in VARIANTS]
+            ddir = next((d for d in [out / other.replace("+", "-") / "distill" for other in dict.fromkeys([*VARIANTS, *cfg.variants])]
                          + [run_dir / f"distill-rho{cfg.rho}"] if finished(d, "distill", dcfg.to_dict(), dkey)),
                         folder / "distill")
             distilled = st.run(f"{name}: distill", "distill", ddir, dcfg.to_dict(), dkey,
@@ -131,7 +138,7 @@ def run_ablation(run_dir: Path, cfg: AblationConfig, progress: bool = True) -> d
         perturbed[name] = {p: evaluate_variant(st, name, policy_dir, h, dataclasses.replace(cfg.eval, perturb=p), sim,
                                                out / p, seeds_used, progress)["row"] for p in cfg.perturbations}
         export_summary = read_json(policy_dir / HEADER_FILE, "the export header")["summary"]
-        rows[name] = {"variant": name, "kind": kind, "overrides": VARIANTS[name], **ev["row"],
+        rows[name] = {"variant": name, "kind": kind, "overrides": variant_spec(name), **ev["row"],
                       "calibration": export_summary.get("calibration", []), "gate_shift": export_summary.get("gate_shift"),
                       "final_losses": distilled.get("final", {}), "train_keep_ratio": distilled.get("train_keep_ratio")}
     return finish_ablation(rows, cfg, rc, out, data.content_hash, st, perturbed)
