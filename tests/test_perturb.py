@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from actdistill.config import ConfigError, EvalConfig, RobustnessConfig, SimConfig
+from actdistill.config import AblationConfig, ConfigError, EvalConfig, RobustnessConfig, SimConfig
 from actdistill.sim.perturb import PERTURB_KINDS, PERTURB_PRESETS
 from actdistill.sim.base import Observation
 from actdistill.sim import get_suite
@@ -82,6 +82,15 @@ def test_an_unknown_perturbation_or_level_is_one_sentence(bad):
     assert str(err.value).count(". ") == 0 and "\n" not in str(err.value)
     with pytest.raises(ConfigError):
         RobustnessConfig(perturbations=("image-noise-low", bad))
+
+
+@pytest.mark.parametrize("cls", [RobustnessConfig, AblationConfig])
+def test_perturbation_lists_refuse_none_and_repeats_alike(cls):
+    with pytest.raises(ConfigError, match=f"{cls.__name__}.perturbations lists brightness twice"):
+        cls(perturbations=("brightness", "paraphrase-1", "brightness"))
+    with pytest.raises(ConfigError, match="lists 'none'"):
+        cls(perturbations=("none",))
+    assert cls(perturbations=("brightness", "paraphrase-1")).perturbations == ("brightness", "paraphrase-1")
 
 
 class _Router:

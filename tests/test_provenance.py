@@ -99,3 +99,19 @@ def test_constraints_pin_every_dependency():
     deps += re.findall(r'"([A-Za-z0-9_.-]+)[><=]', text.split("[project.optional-dependencies]", 1)[1].split("\n\n", 1)[0])
     for name in set(deps) | set(KEY_PACKAGES):
         assert name.lower().replace("_", "-") in pins, f"{name} is not pinned in constraints.txt"
+
+
+def test_record_made_after_a_commit_names_the_revision_the_command_started_from(monkeypatch):
+    import actdistill.provenance as prov
+
+    states = iter([{"revision": "a" * 40, "dirty": False}, {"revision": "b" * 40, "dirty": False},
+                   {"revision": "b" * 40, "dirty": False}])
+    monkeypatch.setattr(prov, "git_state", lambda: next(states))
+    monkeypatch.setattr(prov, "_STARTED_AT", None)
+    prov.record_start()
+    p = prov.provenance()
+    assert p["git"]["revision"] == "b" * 40 and p["git_at_start"]["revision"] == "a" * 40
+    check_provenance(p, "the record")
+    prov.record_start()  # started and written at the same revision: no second field
+    monkeypatch.setattr(prov, "git_state", lambda: {"revision": "b" * 40, "dirty": False})
+    assert "git_at_start" not in prov.provenance()

@@ -20,6 +20,7 @@ from actdistill.config import (AblationConfig, BenchConfig, CollectConfig, Confi
                                DistillConfig, EvalConfig, ExportConfig, ProbeConfig, RobustnessConfig, RunConfig, SimConfig,
                                TeacherConfig, apply_overrides)
 from actdistill.models.policy import ObservationError
+from actdistill.provenance import record_start
 from actdistill.sim.perturb import PERTURB_KINDS, PERTURB_PRESETS
 from actdistill.training import TrainingDiverged
 
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     # before any stage imports mujoco. Library code never sets the environment.
     os.environ.setdefault("MUJOCO_GL", "egl")
     args = build_parser().parse_args(argv)
+    record_start()
     if getattr(args, "no_progress", False):
         from transformers.utils import logging as hf_logging
 

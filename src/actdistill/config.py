@@ -461,6 +461,15 @@ class EarlyExitConfig(_Base):
         _check(self.threshold >= 0, "EarlyExitConfig.threshold must be >= 0.")
 
 
+def _check_perturbations(items: tuple[str, ...], where: str) -> None:
+    """A list of perturbations to evaluate besides the clean run: each parses, none is 'none', none is listed twice."""
+    for p in items:
+        _check(p != "none", f"{where} lists 'none'; the clean evaluation is always made.")
+        parse_perturbation(p)
+    twice = sorted({p for p in items if items.count(p) > 1})
+    _check(not twice, f"{where} lists {', '.join(twice)} twice.")
+
+
 @dataclass
 class AblationConfig(_Base):
     """`actdistill ablate`: variants of the distillation at one budget, each evaluated on validation placements."""
@@ -477,9 +486,7 @@ class AblationConfig(_Base):
     def __post_init__(self) -> None:
         self.variants = tuple(self.variants)
         self.perturbations = tuple(self.perturbations)
-        for p in self.perturbations:
-            _check(p != "none", "AblationConfig.perturbations lists 'none'; the clean evaluation is always made.")
-            parse_perturbation(p)
+        _check_perturbations(self.perturbations, "AblationConfig.perturbations")
         _check(self.eval.perturb == "none", "AblationConfig.eval.perturb must be 'none'; list perturbations in "
                                             "AblationConfig.perturbations.")
         _check(0.0 < self.rho <= 1.0, f"AblationConfig.rho must be in (0, 1], got {self.rho}.")
@@ -513,10 +520,7 @@ class RobustnessConfig(_Base):
         for r in self.budgets:
             _check(0.0 < r <= 1.0, f"RobustnessConfig budgets must be in (0, 1], got {r}.")
         _check(len(self.budgets) > 0, "RobustnessConfig.budgets must name at least one budget.")
-        for p in self.perturbations:
-            _check(p != "none", "RobustnessConfig.perturbations lists 'none'; the clean run is always made.")
-            parse_perturbation(p)
-        _check(len(set(self.perturbations)) == len(self.perturbations), "RobustnessConfig.perturbations lists one twice.")
+        _check_perturbations(self.perturbations, "RobustnessConfig.perturbations")
         _check(self.eval.split == "test", "RobustnessConfig.eval.split must be 'test': the table reports numbers.")
         _check(self.eval.perturb == "none", "RobustnessConfig.eval.perturb must be 'none'; list perturbations in "
                                             "RobustnessConfig.perturbations.")

@@ -72,14 +72,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+_STARTED_AT: dict[str, Any] | None = None  # the code revision when the command began (record_start)
+
+
+def record_start() -> None:
+    """Remember the code revision a command starts from; a later record written by a long command that outlived a
+    commit then carries both (`git` at write time, `git_at_start` when they differ)."""
+    global _STARTED_AT
+    _STARTED_AT = git_state()
+
+
 def provenance() -> dict[str, Any]:
     """One record of where and with what a result was produced."""
     accel = None
     if torch.cuda.is_available():
         accel = torch.cuda.get_device_name(0)
+    now = git_state()
+    started = {"git_at_start": _STARTED_AT} if _STARTED_AT is not None and _STARTED_AT != now else {}
     return {
         "actdistill": __version__,
-        "git": git_state(),
+        "git": now,
+        **started,
         "python": platform.python_version(),
         "packages": package_versions(),
         "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "accelerator": accel},
