@@ -12,18 +12,15 @@ from pathlib import Path
 
 from actdistill.artifacts import atomic_write_bytes, atomic_write_json, read_json, weights_hash_of
 from actdistill.bench.baselines import train_router_kd
+from actdistill.bench.rows import RunArtifacts
 from actdistill.bench.run import paired_bootstrap
 from actdistill.config import AblationConfig, ConfigError, DistillConfig, ExportConfig, RunConfig, apply_overrides
-from actdistill.constants import CONFIG_FILE, DATASET_FILE, HEADER_FILE, RESULTS_FILE
-from actdistill.data.dataset import FrameDataset
-from actdistill.data.hdf5 import read_demos
+from actdistill.constants import CONFIG_FILE, HEADER_FILE, RESULTS_FILE
 from actdistill.distill.stage import run_distill
 from actdistill.export import export_inputs, run_export, training_placements
 from actdistill.pipeline import StageRunner, evaluate_stage, finished
-from actdistill.probe.stage import load_probe_artifact
 from actdistill.provenance import provenance
 from actdistill.sim import get_suite
-from actdistill.teacher import load_teacher
 
 # name -> overrides of the run's distill / export configs ("kind": "router-kd" trains the router-KD baseline)
 VARIANTS: dict[str, dict] = {
@@ -88,21 +85,15 @@ def variant_policy(run_dir: Path, rho: float, name: str) -> Path:
 
 
 def run_ablation(run_dir: Path, cfg: AblationConfig, progress: bool = True) -> dict:
-    run_dir = Path(run_dir)
-    rc = RunConfig.from_dict(read_json(run_dir / CONFIG_FILE, "the run config"))
     if "full" not in cfg.variants:
         raise ConfigError("AblationConfig.variants must include 'full': every row is compared with it.")
     for name in cfg.variants:
-        variant_configs(name, rc, cfg.rho)  # every name checked before any work starts
+        variant_spec(name)  # every name checked before any work starts
+    run = RunArtifacts(run_dir)
+    run_dir, rc, data, cache, sim, seeds_used = run.run_dir, run.rc, run.data, run.cache, run.sim, run.seeds_used
+    teacher, teacher_hash, teacher_dir, probe_dir, data_path = (run.teacher, run.teacher_hash, run.teacher_dir,
+                                                                run.probe_dir, run.data_path)
     out = run_dir / f"ablation-rho{cfg.rho}"
-    data_path, teacher_dir, probe_dir = run_dir / "collect" / DATASET_FILE, run_dir / "teacher", run_dir / "probe"
-    teacher, tinfo = load_teacher(teacher_dir)
-    teacher_hash = tinfo["header"]["weights_hash"]
-    demos = read_demos(data_path)
-    seeds_used = demos.attrs.get("placement_seeds")
-    data = FrameDataset(demos, teacher.config.chunk_size, tuple(tinfo["tasks"]))
-    _, cache, _ = load_probe_artifact(probe_dir, teacher, teacher_hash, data.fingerprint)
-    sim = rc.collect.sim
     st = StageRunner()
     rows: dict[str, dict] = {}
     perturbed: dict[str, dict[str, dict]] = {}  # variant -> perturbation -> evaluation row

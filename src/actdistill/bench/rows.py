@@ -58,18 +58,13 @@ def seeded(train, k: int):
     return dataclasses.replace(train, seed=train.seed + k)
 
 
-class Bench:
-    """What every row needs: the run's artifacts, the stage runner, and the rows evaluated so far."""
+class RunArtifacts:
+    """A finished `actdistill run` folder, loaded: its config, teacher, dataset, probes and cache (what every command
+    that builds on a run needs first)."""
 
-    def __init__(self, run_dir: Path, cfg: BenchConfig, progress: bool = True, eval_root: Path | None = None):
-        """Trained rows live in `run_dir/bench` (shared by every command that builds them, reused by fingerprint);
-        evaluations go under `eval_root` (default the same folder), so another evaluation config (the robustness
-        table's) never overwrites the bench's."""
-        self.run_dir, self.cfg, self.progress = Path(run_dir), cfg, progress
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
         self.rc = RunConfig.from_dict(read_json(self.run_dir / CONFIG_FILE, "the run config"))
-        self.out = self.run_dir / "bench"
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.eval_root = Path(eval_root) if eval_root is not None else self.out
         self.data_path = self.run_dir / "collect" / DATASET_FILE
         self.teacher_dir, self.probe_dir = self.run_dir / "teacher", self.run_dir / "probe"
         self.teacher, tinfo = load_teacher(self.teacher_dir)
@@ -80,6 +75,20 @@ class Bench:
         self.seeds_used = demos.attrs.get("placement_seeds")
         self.data = FrameDataset(demos, self.teacher.config.chunk_size, self.tasks)
         self.probes, self.cache, _ = load_probe_artifact(self.probe_dir, self.teacher, self.teacher_hash, self.data.fingerprint)
+
+
+class Bench(RunArtifacts):
+    """What every row needs: the run's artifacts, the stage runner, and the rows evaluated so far."""
+
+    def __init__(self, run_dir: Path, cfg: BenchConfig, progress: bool = True, eval_root: Path | None = None):
+        """Trained rows live in `run_dir/bench` (shared by every command that builds them, reused by fingerprint);
+        evaluations go under `eval_root` (default the same folder), so another evaluation config (the robustness
+        table's) never overwrites the bench's."""
+        super().__init__(run_dir)
+        self.cfg, self.progress = cfg, progress
+        self.out = self.run_dir / "bench"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.eval_root = Path(eval_root) if eval_root is not None else self.out
         self.stages = StageRunner()
         self.rows: dict[str, dict] = {}  # one per trained policy (per seed), by name
         self.policies: dict[str, Path] = {}
