@@ -159,24 +159,24 @@ def test_tiny_ablation_on_validation_placements(tiny_run):
     tmp_path, _ = tiny_run
     proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "ablate", "--run", str(tmp_path / "run"), "--rho", "0.5",
                            "--episodes", "2", "--variants", "full", "no-semantic", "router-kd", "quantile", "norm-initial",
-                           "full+settle", "consistency", "snap", "--perturbations", "brightness",
+                           "full+settle", "consistency-reword", "snap", "--perturbations", "brightness",
                            "--set", "eval.max_steps=8", "--set", "eval.workers=1", "--set", "bootstrap_samples=50",
                            "--no-progress"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "ablation-rho0.5" / "ablation.json").read_text())
     rows = {r["variant"]: r for r in res["rows"]}
-    assert list(rows) == ["full", "no-semantic", "router-kd", "quantile", "norm-initial", "full+settle", "consistency", "snap"]
+    assert list(rows) == ["full", "no-semantic", "router-kd", "quantile", "norm-initial", "full+settle", "consistency-reword", "snap"]
     # full at the run's own budget is the run's student: nothing distilled or exported again
     assert not (tmp_path / "run" / "ablation-rho0.5" / "full").exists()
     stages = {s["stage"]: s["status"] for s in res["stages"]}
     assert stages["full: distill"] == stages["full: export"] == "reused"
-    d = json.loads((tmp_path / "run" / "ablation-rho0.5" / "consistency" / "distill" / "header.json").read_text())["summary"]
-    assert d["final"]["cons"] >= 0  # the router-consistency term was part of the objective
+    d = json.loads((tmp_path / "run" / "ablation-rho0.5" / "consistency-reword" / "distill" / "header.json").read_text())["summary"]
+    assert d["final"]["cons"] >= 0  # the router-consistency term (its view reworded) was part of the objective
     # every variant also under the perturbation, paired with its own clean run and with full under it
     for name, r in rows.items():
         cell = r["perturbed"]["brightness"]
         assert len(cell["drop_vs_clean"]) == 3 and ("delta_vs_full" in cell) == (name != "full")
-    assert "| consistency | brightness |" in (tmp_path / "run" / "ablation-rho0.5" / "ablation.md").read_text()
+    assert "| consistency-reword | brightness |" in (tmp_path / "run" / "ablation-rho0.5" / "ablation.md").read_text()
     # snapping: the first calibration round fixes nearly constant gates, and the snapped student is measured again
     cal = rows["snap"]["calibration"]
     assert len(cal) >= 2 and "snapped_on" in cal[0] and len(cal[0]["on_rate_per_layer"]) == 2

@@ -95,3 +95,38 @@ def test_snapping_fixes_the_nearly_constant_gates_and_the_shift_is_read_on_a_fre
     h0 = student.vla.embed(_batch(student.vla.config, 4))
     mask = student.layer_mask(h0)
     assert mask[:, [0, 3]].all() and not mask[:, [1, 4, 5]].any()
+
+
+def test_training_rewordings_are_never_a_held_out_paraphrase_or_the_instruction():
+    from actdistill.sim.instructions import INSTRUCTIONS, PARAPHRASES, REWORDINGS
+    from actdistill.sim import get_suite
+
+    assert set(REWORDINGS) == set(get_suite("mt10").tasks)
+    for task, words in REWORDINGS.items():
+        assert len(set(words)) == len(words) >= 2
+        assert not set(words) & {INSTRUCTIONS[task], *PARAPHRASES[task]}
+
+
+def test_reword_swaps_rows_for_their_own_tasks_rewordings_at_its_rate():
+    from actdistill.distill.consistency import reword
+
+    gen = torch.Generator().manual_seed(0)
+    table = torch.arange(3 * 2 * 4, dtype=torch.float32).reshape(3, 2, 4)  # (tasks, K, D)
+    task_id = torch.randint(0, 3, (4000,), generator=gen)
+    emb = torch.full((4000, 4), -1.0)
+    out = reword(emb, task_id, table, 0.3, gen)
+    swapped = (out != emb).all(1)
+    assert abs(swapped.float().mean().item() - 0.3) < 0.03
+    for i in torch.nonzero(swapped).flatten()[:200].tolist():  # each swapped row holds one of its own task's rows
+        assert any(torch.equal(out[i], table[task_id[i], k]) for k in range(2))
+    assert torch.equal(reword(emb, task_id, table, 0.0, gen), emb)
+    assert (reword(emb, task_id, table, 1.0, gen) != emb).all()  # p = 1: every row reworded
+
+
+def test_rewording_a_task_without_rewordings_is_one_sentence():
+    from actdistill.distill.consistency import rewording_table
+
+    with pytest.raises(ConfigError, match="assembly-v3 has none"):
+        rewording_table(("reach-v3", "assembly-v3"))
+    with pytest.raises(ConfigError, match="router_reword"):
+        DistillConfig(router_reword=1.5)

@@ -317,9 +317,12 @@ class DistillConfig(_Base):
     router_consistency: float = 0.0
     router_jitter: float = 0.4
     router_lang_noise: float = 1.0
+    # the view's instruction: with this probability a row's embedding is first replaced by one of its task's
+    # training-only rewordings (sim/instructions.py REWORDINGS; never the held-out paraphrases)
+    router_reword: float = 0.0
 
     _LATER_FIELDS = ("gating", "threshold_momentum", "always_run", "stream_norm", "threshold_source",
-                     "router_consistency", "router_jitter", "router_lang_noise")
+                     "router_consistency", "router_jitter", "router_lang_noise", "router_reword")
 
     def __post_init__(self) -> None:
         _check(0.0 < self.rho <= 1.0, f"DistillConfig.rho must be in (0, 1], got {self.rho}.")
@@ -338,6 +341,8 @@ class DistillConfig(_Base):
         _check(0.0 <= self.router_jitter < 1.0,
                f"DistillConfig.router_jitter must be in [0, 1), got {self.router_jitter}.")
         _check(self.router_lang_noise >= 0, "DistillConfig.router_lang_noise must be >= 0.")
+        _check(0.0 <= self.router_reword <= 1.0,
+               f"DistillConfig.router_reword must be in [0, 1], got {self.router_reword}.")
         _check(self.stream_norm in STREAM_NORMS,
                f"DistillConfig.stream_norm must be one of {', '.join(STREAM_NORMS)}, got {self.stream_norm!r}.")
 

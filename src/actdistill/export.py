@@ -183,14 +183,17 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
     history, extra = [], {}
     if cfg.calibrate:
         sim = SimConfig(tasks=tuple(dist_cfg["tasks"]), camera=sim.camera, image_size=student.image_size)
+        from actdistill.distill.consistency import view_rewordings
         from actdistill.distill.stage import distill_loss
 
         dcfg = DistillConfig.from_dict(dist_cfg["distill"])
+        rewordings = view_rewordings(dcfg, data.task_names) if settling else None
         initial = dheader.get("summary", {}).get("initial_streams")  # stream_norm="initial": the distillation's scales
         initial = torch.tensor(initial) if initial is not None else None
         history, extra = calibrate_and_settle(student, rho, cfg, sim, training_placements(dataset_path),
                                               lambda m, b, s: distill_loss(m, b, cache, dcfg, soft=False,
-                                                                           initial=initial, step=s),
+                                                                           initial=initial, step=s,
+                                                                           rewordings=rewordings),
                                               data, dcfg.train,
                                               out_dir, {"student": dheader["weights_hash"]}, progress)
     student.strip_probes()

@@ -24,6 +24,7 @@ from actdistill.config import BenchConfig, RunConfig, TeacherConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, RESULTS_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
+from actdistill.distill.consistency import view_rewordings
 from actdistill.distill.routing import RoutedStudent
 from actdistill.distill.stage import distill_loss, run_distill
 from actdistill.early_exit import EarlyExitPolicy, choose_exit_threshold, save_early_exit
@@ -138,7 +139,9 @@ class Bench(RunArtifacts):
         dcfg, rc = self.rc.distill, self.rc
         student = RoutedStudent.from_teacher(self.teacher, self.probes, router_dim=dcfg.router_dim, tau=dcfg.tau,
                                              init_bias=dcfg.router_init_bias)
-        d_step = train_step_flops(student, lambda m, b: distill_loss(m, b, self.cache, dcfg, soft=False)[0],
+        words = view_rewordings(dcfg, self.tasks)
+        d_step = train_step_flops(student, lambda m, b: distill_loss(m, b, self.cache, dcfg, soft=False,
+                                                                     rewordings=words)[0],
                                   self.data.batch(torch.arange(n))) * dcfg.train.batch_size / n
         self.training = {"teacher": {"steps": rc.teacher.train.steps,
                                      "flops": self.training_step_flops(rc.teacher.model, rc.teacher.train.batch_size)

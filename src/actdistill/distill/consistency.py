@@ -6,7 +6,8 @@ instruction paraphrases flip 13-24% of the student's gate decisions while its te
 same compute barely move; the router had only ever seen one brightness and one phrasing per task. This term
 shows it more: each distillation batch gets a second view, read by the router only, in which every frame's
 brightness and contrast are scaled by factors drawn from [1 - jitter, 1 + jitter] and every instruction
-embedding is rotated by up to atan(`lang_noise`) in a random direction; the loss is the mean
+embedding is rotated by up to atan(`lang_noise`) in a random direction, after being replaced, with probability
+`router_reword`, by one of its task's training-only rewordings (sim/instructions.py REWORDINGS); the loss is the mean
 squared difference between the view's gate logits and the batch's, so the router learns to give the perturbed
 input the decisions of the clean one. Both sides carry gradient: with the batch's logits held fixed the update
 is not the gradient of any objective (the target moves with the router) and was measured to diverge on its
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from actdistill.constants import OBS_IMAGE, OBS_LANG
+from actdistill.constants import OBS_IMAGE, OBS_LANG, TASK_ID
 
 
 def photometric_jitter(images: torch.Tensor, jitter: float, generator: torch.Generator) -> torch.Tensor:
@@ -44,14 +45,48 @@ def embedding_noise(emb: torch.Tensor, scale: float, generator: torch.Generator)
     return torch.nn.functional.normalize(emb + (radius * direction).to(emb), dim=1)
 
 
-def router_view(batch: dict, jitter: float, lang_noise: float, generator: torch.Generator) -> dict:
-    """The perturbed copy of a batch's observations that the router-consistency term feeds the router."""
+def rewording_table(tasks: tuple[str, ...]) -> torch.Tensor:
+    """(tasks, K, D) sentence embeddings of each task's training rewordings (a task with fewer than K repeats its
+    own, so every rewording of a task is drawn equally often up to the rounding)."""
+    from actdistill.models.language import shared_language_encoder
+    from actdistill.sim.instructions import rewordings_for
+
+    per_task = rewordings_for(tasks)
+    k = max(len(r) for r in per_task)
+    enc = shared_language_encoder()
+    return torch.stack([enc.encode([r[i % len(r)] for i in range(k)]) for r in per_task])
+
+
+def view_rewordings(cfg, tasks: tuple[str, ...]) -> torch.Tensor | None:
+    """The rewording table a distillation with config `cfg` (DistillConfig) needs for its view, or None."""
+    return rewording_table(tuple(tasks)) if cfg.router_consistency > 0 and cfg.router_reword > 0 else None
+
+
+def reword(emb: torch.Tensor, task_id: torch.Tensor, table: torch.Tensor, p: float,
+           generator: torch.Generator) -> torch.Tensor:
+    """(B, D) instruction embeddings, each replaced with probability p by a uniformly drawn one of its task's
+    training rewordings; `table` is (tasks, K, D), indexed by the batch's task ids."""
+    b, k = emb.shape[0], table.shape[1]
+    pick = torch.randint(0, k, (b,), generator=generator)
+    swap = torch.rand(b, generator=generator) < p
+    return torch.where(swap.unsqueeze(1).to(emb.device), table[task_id.cpu(), pick].to(emb), emb)
+
+
+def router_view(batch: dict, jitter: float, lang_noise: float, generator: torch.Generator,
+                rewordings: torch.Tensor | None = None, reword_p: float = 0.0) -> dict:
+    """The perturbed copy of a batch's observations that the router-consistency term feeds the router: jittered
+    frames, and instructions reworded (with probability reword_p, from `rewordings`) and then rotated."""
     images = batch[OBS_IMAGE]
     if images.dtype != torch.uint8:
         raise ValueError("Router consistency perturbs uint8 frames (B, H, W, 3); this batch holds "
                          f"{images.dtype} images.")
+    lang = batch[OBS_LANG]
+    if reword_p > 0:
+        if rewordings is None:
+            raise ValueError("router_view: reword_p > 0 needs the rewording table (view_rewordings).")
+        lang = reword(lang, batch[TASK_ID], rewordings, reword_p, generator)
     return {OBS_IMAGE: photometric_jitter(images, jitter, generator),
-            OBS_LANG: embedding_noise(batch[OBS_LANG], lang_noise, generator)}
+            OBS_LANG: embedding_noise(lang, lang_noise, generator)}
 
 
 def consistency_loss(logits: torch.Tensor, view_logits: torch.Tensor, routed: list[int]) -> torch.Tensor:

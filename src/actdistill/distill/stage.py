@@ -17,7 +17,7 @@ from actdistill.config import DistillConfig
 from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE, ROUTER_VIEW, SAMPLE_ID, WEIGHTS_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
-from actdistill.distill.consistency import consistency_loss, router_view
+from actdistill.distill.consistency import consistency_loss, router_view, view_rewordings
 from actdistill.distill.losses import (action_stream_loss, layer_weights, normalise_streams, routed_gate_losses,
                                        semantic_loss)
 from actdistill.distill.similarity import layer_input_similarity
@@ -28,12 +28,15 @@ from actdistill.training import distributed_summary, main_process_writes, train_
 
 
 def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, soft: bool,
-                 initial: torch.Tensor | None = None, step: int = 0) -> tuple[torch.Tensor, dict]:
+                 initial: torch.Tensor | None = None, step: int = 0,
+                 rewordings: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The ActDistill objective; `initial` = (L_sem, L_act) of the untrained student for stream_norm="initial";
-    `step` seeds the router-consistency view (a pure function of seed and step, so a resumed run draws the same)."""
+    `step` seeds the router-consistency view (a pure function of seed and step, so a resumed run draws the same);
+    `rewordings` = the (tasks, K, D) table of training rewordings when cfg.router_reword > 0."""
     if cfg.router_consistency > 0:
         gen = torch.Generator().manual_seed(cfg.train.seed * 104_729 + step)
-        batch = {**batch, ROUTER_VIEW: router_view(batch, cfg.router_jitter, cfg.router_lang_noise, gen)}
+        view = router_view(batch, cfg.router_jitter, cfg.router_lang_noise, gen, rewordings, cfg.router_reword)
+        batch = {**batch, ROUTER_VIEW: view}
     out = model(batch, soft=soft)  # through the DDP wrapper when several processes train
     student = unwrap(model)
     l_task, l_sem, l_act = _streams(student, out, batch, cache, cfg)
@@ -119,9 +122,11 @@ def distill_student(cfg: DistillConfig, teacher, probes, cache, data: FrameDatas
     student = RoutedStudent.from_teacher(teacher, probes, router_dim=cfg.router_dim, tau=cfg.tau,
                                          init_bias=cfg.router_init_bias, **routing_options(cfg, always))
     initial = initial_streams(student, data, cache, cfg) if cfg.stream_norm == "initial" else None
+    rewordings = view_rewordings(cfg, data.task_names)
 
     def loss_fn(model, batch, step):
-        return distill_loss(model, batch, cache, cfg, soft=step < cfg.soft_warmup_steps, initial=initial, step=step)
+        return distill_loss(model, batch, cache, cfg, soft=step < cfg.soft_warmup_steps, initial=initial, step=step,
+                            rewordings=rewordings)
 
     # The router learns faster than the copied weights: it starts from scratch and must move its gates
     # from "all on" to the budget within one short distillation.

@@ -2,9 +2,13 @@
 
 The first string is the training instruction; the paraphrases are held out
 for a later language-generalisation test and never used in training.
+REWORDINGS are further phrasings written for training only (the router-consistency
+view, distill.router_reword); none of them is a held-out paraphrase.
 """
 
 from __future__ import annotations
+
+from actdistill.errors import ConfigError
 
 INSTRUCTIONS: dict[str, str] = {
     "reach-v3": "reach the red goal",
@@ -119,3 +123,31 @@ PARAPHRASES.update({
     "sweep-into-v3": ("push the puck into the hole", "brush the disc into the hole"),
     "sweep-v3": ("push the puck off the table", "brush the disc off the edge"),
 })
+
+# Training-only rewordings of the MT10 instructions (distill.router_reword): different strings from the instruction
+# and from both held-out paraphrases, so that a test under the paraphrases stays a test on unseen wording.
+REWORDINGS: dict[str, tuple[str, ...]] = {
+    "reach-v3": ("move the hand to the red goal", "bring the gripper to the red marker", "touch the red goal point"),
+    "push-v3": ("nudge the puck until it reaches the goal", "move the puck to the goal by pushing it",
+                "push the hockey puck onto the goal spot"),
+    "pick-place-v3": ("grab the puck and drop it at the goal", "pick the puck up and carry it to the goal",
+                      "take the puck and set it on the goal spot"),
+    "door-open-v3": ("get the door open", "open the cabinet door", "rotate the door until it is open"),
+    "drawer-open-v3": ("open the drawer all the way", "draw the drawer toward you", "get the drawer open"),
+    "drawer-close-v3": ("close the drawer all the way", "get the drawer closed", "shut the open drawer"),
+    "button-press-topdown-v3": ("press the button from above", "hit the button on top", "push the top button"),
+    "peg-insert-side-v3": ("push the peg into the side hole", "fit the peg into the hole from the side",
+                           "place the peg into the hole on the side"),
+    "window-open-v3": ("slide the window to open it", "move the window open", "get the window open"),
+    "window-close-v3": ("get the window closed", "slide the window shut", "move the window closed"),
+}
+
+
+def rewordings_for(tasks: tuple[str, ...] | list[str]) -> list[tuple[str, ...]]:
+    """The training rewordings of each task, in order; one sentence naming the tasks that have none."""
+    missing = [t for t in tasks if t not in REWORDINGS]
+    if missing:
+        raise ConfigError(f"distill.router_reword needs training rewordings of every task, and "
+                         f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} none "
+                         "(sim/instructions.py REWORDINGS); set distill.router_reword=0.")
+    return [REWORDINGS[t] for t in tasks]
