@@ -158,14 +158,14 @@ def test_tiny_ablation_on_validation_placements(tiny_run):
     paired with the full method; quantile gating and the stream normalisations run end to end."""
     tmp_path, _ = tiny_run
     proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "ablate", "--run", str(tmp_path / "run"), "--rho", "0.5",
-                           "--episodes", "2", "--variants", "full", "no-semantic", "router-kd", "quantile", "norm-initial",
+                           "--episodes", "2", "--variants", "full", "sem-executed", "router-kd", "quantile", "norm-initial",
                            "full+settle", "consistency-reword", "snap", "--perturbations", "brightness",
                            "--set", "eval.max_steps=8", "--set", "eval.workers=1", "--set", "bootstrap_samples=50",
                            "--no-progress"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "ablation-rho0.5" / "ablation.json").read_text())
     rows = {r["variant"]: r for r in res["rows"]}
-    assert list(rows) == ["full", "no-semantic", "router-kd", "quantile", "norm-initial", "full+settle", "consistency-reword", "snap"]
+    assert list(rows) == ["full", "sem-executed", "router-kd", "quantile", "norm-initial", "full+settle", "consistency-reword", "snap"]
     # full at the run's own budget is the run's student: nothing distilled or exported again
     assert not (tmp_path / "run" / "ablation-rho0.5" / "full").exists()
     stages = {s["stage"]: s["status"] for s in res["stages"]}

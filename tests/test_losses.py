@@ -29,6 +29,24 @@ def test_relational_term_on_three_samples():
     assert got == pytest.approx(2.0 * (cos + 0.5 * rel), rel=1e-6)
 
 
+def test_semantic_terms_on_executed_rows_only_read_the_rows_that_ran_each_layer():
+    g = torch.Generator().manual_seed(0)
+    z_s, z_t = torch.randn(5, 2, 3, generator=g), torch.randn(5, 2, 3, generator=g)
+    w = torch.tensor([1.0, 2.0])
+    ran = torch.tensor([[1, 0], [1, 1], [0, 1], [1, 0], [0, 0]], dtype=torch.bool)
+    # by hand: layer 0 on rows 0, 1, 3; layer 1 on rows 1, 2
+    want = sum(w[l] * semantic_loss(z_s[ran[:, l]][:, l:l + 1], z_t[ran[:, l]][:, l:l + 1], torch.ones(1)) for l in (0, 1))
+    assert semantic_loss(z_s, z_t, w, executed=ran).item() == pytest.approx(want.item(), rel=1e-6)
+    # every row ran every layer: the plain loss; a layer no row ran adds nothing; one row: its cosine term only
+    assert semantic_loss(z_s, z_t, w, executed=torch.ones(5, 2, dtype=torch.bool)).item() == pytest.approx(
+        semantic_loss(z_s, z_t, w).item(), rel=1e-6)
+    one = torch.zeros(5, 2, dtype=torch.bool)
+    one[3, 1] = True
+    cos = 1 - torch.nn.functional.cosine_similarity(z_s[3, 1], z_t[3, 1], dim=0)
+    assert semantic_loss(z_s, z_t, w, executed=one).item() == pytest.approx(2.0 * cos.item(), rel=1e-6)
+    assert semantic_loss(z_s, z_t, w, executed=torch.zeros(5, 2, dtype=torch.bool)).item() == 0.0
+
+
 def test_triple_mse_uses_zero_previous_action_for_layer0():
     a_gt = torch.tensor([[[1.0, 1, 1, 1]]])  # (B=1, C=1, A=4)
     a_s = torch.tensor([[[[0.5] * 4]], [[[2.0] * 4]]]).view(1, 2, 1, 4)  # layer 0: 0.5, layer 1: 2.0

@@ -320,9 +320,11 @@ class DistillConfig(_Base):
     # the view's instruction: with this probability a row's embedding is first replaced by one of its task's
     # training-only rewordings (sim/instructions.py REWORDINGS; never the held-out paraphrases)
     router_reword: float = 0.0
+    # which rows the semantic stream compares at layer l: "all", or "executed" (only the rows that ran layer l)
+    semantic_on: str = "all"
 
     _LATER_FIELDS = ("gating", "threshold_momentum", "always_run", "stream_norm", "threshold_source",
-                     "router_consistency", "router_jitter", "router_lang_noise", "router_reword")
+                     "router_consistency", "router_jitter", "router_lang_noise", "router_reword", "semantic_on")
 
     def __post_init__(self) -> None:
         _check(0.0 < self.rho <= 1.0, f"DistillConfig.rho must be in (0, 1], got {self.rho}.")
@@ -341,6 +343,8 @@ class DistillConfig(_Base):
         _check(0.0 <= self.router_jitter < 1.0,
                f"DistillConfig.router_jitter must be in [0, 1), got {self.router_jitter}.")
         _check(self.router_lang_noise >= 0, "DistillConfig.router_lang_noise must be >= 0.")
+        _check(self.semantic_on in ("all", "executed"),
+               f"DistillConfig.semantic_on must be 'all' or 'executed', got {self.semantic_on!r}.")
         _check(0.0 <= self.router_reword <= 1.0,
                f"DistillConfig.router_reword must be in [0, 1], got {self.router_reword}.")
         _check(self.stream_norm in STREAM_NORMS,

@@ -32,6 +32,8 @@ VARIANTS: dict[str, dict] = {
     "norm-initial": {"distill.stream_norm": "initial"},
     "quantile": {"distill.gating": "quantile", "export.calib_rounds": 1},  # calibration measures, never shifts
     "hybrid": {"distill.always_run": 3},
+    # the semantic stream compares only the rows that ran each layer (distill/losses.py semantic_loss)
+    "sem-executed": {"distill.semantic_on": "executed"},
     # the winners of the single changes, combined (candidates for the default)
     "norm-initial+quantile": {"distill.stream_norm": "initial", "distill.gating": "quantile", "export.calib_rounds": 1},
     # quantile gating whose deployed threshold is set from the final router on training frames (no running-average lag)

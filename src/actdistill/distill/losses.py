@@ -30,13 +30,27 @@ def cosine_matrix(z: torch.Tensor) -> torch.Tensor:
     return zn @ zn.T
 
 
-def semantic_loss(z_s: torch.Tensor, z_t: torch.Tensor, w: torch.Tensor, eta: float = 0.5) -> torch.Tensor:
-    """L_sem = sum_l w_l [ mean_b (1 - cos(z_l^S, z_l^T)) + eta * MSE(C_l^S, C_l^T) ].  z_*: (B, L, d_s)."""
+def semantic_loss(z_s: torch.Tensor, z_t: torch.Tensor, w: torch.Tensor, eta: float = 0.5,
+                  executed: torch.Tensor | None = None) -> torch.Tensor:
+    """L_sem = sum_l w_l [ mean_b (1 - cos(z_l^S, z_l^T)) + eta * MSE(C_l^S, C_l^T) ].  z_*: (B, L, d_s).
+
+    `executed` (B, L) bool (semantic_on="executed"): layer l's terms read only the rows that ran layer l (a
+    skipped layer cannot change its row's features, so matching the teacher's features after it only pulls the
+    other layers toward the teacher's depth profile); a layer that no row ran, or that one row ran (no
+    relational structure), contributes what it can."""
     z_s, z_t = rows_of_all_processes(z_s), rows_of_all_processes(z_t)
+    if executed is not None:
+        executed = rows_of_all_processes(executed.to(z_s.dtype)).detach() > 0.5
     total = z_s.new_zeros(())
     for l in range(z_s.shape[1]):
-        cos = 1.0 - F.cosine_similarity(z_s[:, l], z_t[:, l], dim=-1).mean()
-        rel = F.mse_loss(cosine_matrix(z_s[:, l]), cosine_matrix(z_t[:, l]))
+        s_l, t_l = z_s[:, l], z_t[:, l]
+        if executed is not None:
+            rows = executed[:, l]
+            if not bool(rows.any()):
+                continue
+            s_l, t_l = s_l[rows], t_l[rows]
+        cos = 1.0 - F.cosine_similarity(s_l, t_l, dim=-1).mean()
+        rel = F.mse_loss(cosine_matrix(s_l), cosine_matrix(t_l)) if s_l.shape[0] > 1 else s_l.new_zeros(())
         total = total + w[l] * (cos + eta * rel)
     return total
 

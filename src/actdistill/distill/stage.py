@@ -63,7 +63,8 @@ def _streams(student: RoutedStudent, out: dict, batch: dict, cache, cfg: Distill
     z_t, a_t = z_t.to(device), a_t.to(device)
     w = layer_weights(student.num_layers, cfg.gamma).to(device)
     l_task = out["task_loss"]  # the head family's own loss, computed inside the forward
-    l_sem = semantic_loss(out["semantic"], z_t, w, cfg.eta)
+    executed = out["masks"].detach() >= 0.5 if cfg.semantic_on == "executed" else None
+    l_sem = semantic_loss(out["semantic"], z_t, w, cfg.eta, executed)
     l_act = action_stream_loss(out["probe_action"], batch[ACTION], a_t, w, batch.get(ACTION_PAD))
     return l_task, l_sem, l_act
 
