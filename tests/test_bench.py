@@ -26,14 +26,15 @@ def _row(name: str, **kw) -> dict:
     row = {"name": name, "success_mean": 0.5, "success_ci95": [0.4, 0.6], "success_per_task": {"t": 0.5},
            "success_hard": 0.5, "episodes_per_task": 30, "layers_executed_frac": 0.5, "decoder_gflops": 0.05,
            "policy_gflops": 0.08, "latency_ms_median": 10.0, "speedup": 1.5, "ideal_speedup": 1.7,
-           "speedup_of_ideal": 0.88, "peak_memory_mb": 20.0, "seeds": 1, "seed_success": [0.5]}
+           "speedup_of_ideal": 0.88, "peak_memory_mb": 20.0, "seeds": 1, "seed_success": [0.5],
+           "success_per_group": {"easy": 0.5}}
     row.update(kw)
     return row
 
 
 def test_bench_results_check_names_what_is_wrong():
-    ok = {"benchmark": "metaworld-MT10", "config": {}, "provenance": provenance(), "dataset_content_hash": "0" * 16,
-          "hard_tasks": ["t"],
+    ok = {"benchmark": "metaworld-MT10", "split": "test", "config": {}, "provenance": provenance(),
+          "dataset_content_hash": "0" * 16, "hard_tasks": ["t"],
           "rows": [_row("teacher", layers_executed_frac=1.0), _row("actdistill-rho0.5"),
                    _row("static-prune-rho0.5", delta_vs_actdistill=[0.01, -0.02, 0.04])]}
     check_bench_results(ok)
@@ -45,7 +46,14 @@ def test_bench_results_check_names_what_is_wrong():
            ({**ok, "rows": [_row("teacher", delta_vs_actdistill=[0, 0, 0])]}, "should not carry"),
            ({**ok, "rows": [_row("early-exit-rho0.5", delta_vs_actdistill=[0.1, -0.1, 0.05])]}, "paired-difference CI"),
            ({k: v for k, v in ok.items() if k != "provenance"}, "lack the field 'provenance'"),
-           ({**ok, "provenance": {"git": {}}}, "provenance record without actdistill")]
+           ({**ok, "provenance": {"git": {}}}, "provenance record without actdistill"),
+           ({k: v for k, v in ok.items() if k != "split"}, "lack the field 'split'"),
+           ({**ok, "split": "val"}, "from the 'test' placements only"),
+           ({**ok, "rows": [{k: v for k, v in _row("teacher").items() if k != "success_per_group"}]},
+            "lacks the fields success_per_group"),
+           ({**ok, "rows": [_row("teacher", success_per_group={"hard": 1.5})]}, "in group 'hard', outside"),
+           ({**ok, "rows": [_row("teacher", success_paraphrase=0.9, success_paraphrase_ci95=[0.2, 0.4])]},
+            "paraphrase success CI")]
     for results, message in bad:
         with pytest.raises(ArtifactError, match=message):
             check_bench_results(results)
@@ -55,9 +63,11 @@ def test_committed_mt10_results_validate():
     """The committed benchmark results have every row of the default bench and the shape the schema check promises."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mt10.json"
     results = json.loads(path.read_text())
-    # committed before provenance was recorded (tests/test_provenance.py lists such files); the rest of the shape holds
-    legacy_rows = [{"seeds": 1, "seed_success": [r["success_mean"]], **r} for r in results["rows"]]  # one seed then
-    check_bench_results({"provenance": provenance(), "dataset_content_hash": None, **results, "rows": legacy_rows})
+    # committed before provenance, training seeds, the validation split and the difficulty groups were recorded
+    # (tests/test_provenance.py lists such files); the rest of the shape holds
+    legacy_rows = [{"seeds": 1, "seed_success": [r["success_mean"]], "success_per_group": {}, **r} for r in results["rows"]]
+    check_bench_results({"provenance": provenance(), "dataset_content_hash": None, "split": "test", **results,
+                         "rows": legacy_rows})
     names = [r["name"] for r in results["rows"]]
     methods = ("static-prune", "router-kd", "early-exit", "scratch")
     expected = ["teacher"] + [f"actdistill-rho{r}" for r in (0.3, 0.5, 0.7)] + [f"{m}-rho{r}" for r in (0.3, 0.5) for m in methods]
@@ -122,6 +132,68 @@ def test_any_ablation_variant_can_be_settled():
     assert (kind, d.always_run, d.rho, x.settle_steps) == ("actdistill", 3, 0.3, SETTLE_STEPS)
     kind, d, x = variant_configs("router-kd+settle", rc, 0.3)
     assert (kind, x.settle_steps) == ("router-kd", SETTLE_STEPS)
-    assert variant_configs("hybrid", rc, 0.3)[2].settle_steps == rc.export.settle_steps
+    # a variant without the suffix is not settled, though the run's default settles
+    assert rc.export.settle_steps > 0 and variant_configs("hybrid", rc, 0.3)[2].settle_steps == 0
     with pytest.raises(ConfigError, match="Unknown ablation variant 'hybrid\\+settle\\+settle'"):
         variant_configs("hybrid+settle+settle", rc, 0.3)
+
+
+def test_pooled_rows_report_success_and_layer_use_per_difficulty_group():
+    from actdistill.bench.run import group_table, pool_seeds
+
+    tasks = ("a", "b", "c")
+    eps = {"a": [1, 1], "b": [0, 1], "c": [0, 0]}
+    member = {"name": "x", "success_mean": 0.5, "success_per_task": {t: float(np.mean(v)) for t, v in eps.items()},
+              "per_episode_success": eps, "episodes_per_task": 2, "layers_executed_frac": 0.5,
+              "layer_usage_per_task": {"a": [1.0, 0.0], "b": [1.0, 1.0], "c": [0.5, 0.5]}}
+    row = pool_seeds("m-rho0.5", [member], tasks, {"easy": ("a", "b"), "hard": ("c",), "empty": ()})
+    assert row["success_per_group"] == {"easy": 0.75, "hard": 0.0}  # tasks weigh equally; empty groups dropped
+    assert row["layers_executed_per_group"] == {"easy": 0.75, "hard": 0.5}
+    table = group_table([row], ["easy", "hard"])
+    assert "| m-rho0.5 | 0.750 | 0.000 | 0.75 | 0.50 |" in table
+
+
+def test_paraphrase_columns_pair_each_paraphrase_episode_with_the_same_placement():
+    from actdistill.bench.run import paraphrase_columns
+
+    row = {"per_episode_success": {"a": [1, 1, 1, 0], "b": [1, 0, 1, 1]}}
+    p1 = {"success_mean": 0.25, "per_episode_success": {"a": [0, 1], "b": [0, 0]}}  # the first two placements
+    p2 = {"success_mean": 0.5, "per_episode_success": {"a": [1, 1], "b": [0, 0]}}
+    c = paraphrase_columns(row, [p1, p2], 500)
+    assert c["success_paraphrase_per_task"] == {"a": 0.75, "b": 0.0}
+    assert c["success_paraphrase"] == pytest.approx(0.375) and c["success_paraphrase_each"] == [0.25, 0.5]
+    assert c["paraphrase_episodes_per_task"] == 2
+    # instruction on placements 0, 1 (twice): a = 1, 1, 1, 1 and b = 1, 0, 1, 0 -> 0.75 against 0.375
+    assert c["instruction_minus_paraphrase"][0] == pytest.approx(0.375)
+    lo, hi = c["success_paraphrase_ci95"]
+    assert lo < 0.375 < hi
+
+
+def test_placement_ranges_are_disjoint_and_named():
+    from actdistill.config import CollectConfig
+    from actdistill.errors import ConfigError
+    from actdistill.sim import placement_kind, placement_seeds
+
+    assert placement_kind(placement_seeds("demo", 99, 100_000)[-1]) == "demo"
+    assert placement_kind(placement_seeds("eval", 0, 1)[0]) == "eval"
+    assert placement_kind(placement_seeds("eval", 999, 100_000)[-1]) == "eval"
+    assert placement_kind(placement_seeds("val", 999, 100_000)[-1]) == "val"
+    assert placement_kind(150_000_000) == "other"
+    with pytest.raises(ConfigError, match="outside the 'demo' range"):
+        placement_seeds("demo", 100, 10)  # would reach the test range
+    with pytest.raises(ConfigError, match="CollectConfig.seed must be in"):
+        CollectConfig(seed=100)
+
+
+def test_calibration_refuses_test_placements_before_any_episode():
+    from actdistill.config import ExportConfig, SimConfig
+    from actdistill.export import calibrate
+    from actdistill.sim import placement_seeds
+
+    class NoEpisodes:  # any use of the student would mean an episode started
+        def __getattr__(self, name):
+            raise AssertionError(f"the student was used ({name})")
+
+    seeds = {"reach-v3": placement_seeds("eval", 0, 2)}
+    with pytest.raises(ValueError, match="given 2 test placement"):
+        calibrate(NoEpisodes(), 0.5, ExportConfig(), SimConfig(tasks=("reach-v3",)), seeds)

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,14 +34,11 @@ def test_user_mistakes_get_one_sentence(tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # nothing was written for a rejected config
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A whole tiny `actdistill run` through the CLI (two tasks, tiny model, a few steps per stage)."""
-    tmp_path = tmp_path_factory.mktemp("run")
-    cfg = {
-        "out": str(tmp_path / "run"),
-        "collect": {"sim": {"tasks": ["reach-v3", "drawer-close-v3"], "image_size": 32}, "demos_per_task": 1,
-                    "workers": 1, "max_steps": 150},
+def tiny_run_config(out: Path, sim: dict) -> dict:
+    """A whole tiny `actdistill run` (tiny model, a few steps per stage) on the tasks `sim` names."""
+    return {
+        "out": str(out),
+        "collect": {"sim": {**sim, "image_size": 32}, "demos_per_task": 1, "workers": 1, "max_steps": 150},
         "teacher": {"model": {"image_size": 32, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
                               "intermediate_size": 64, "patch_size": 8, "chunk_size": 4},
                     "train": {"steps": 6, "batch_size": 8, "checkpoint_every": 3, "warmup_steps": 1}},
@@ -51,11 +49,21 @@ def tiny_run(tmp_path_factory):
                     "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 4, "warmup_steps": 1, "shift_augment": 0}},
         "export": {"calib_episodes_per_task": 1, "calib_rounds": 1, "max_steps": 10, "settle_steps": 2},
     }
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+
+
+def run_tiny(tmp_path: Path, sim: dict) -> subprocess.CompletedProcess:
+    (tmp_path / "cfg.json").write_text(json.dumps(tiny_run_config(tmp_path / "run", sim)))
     proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "run", "--config", str(tmp_path / "cfg.json"),
                            "--no-progress"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return tmp_path, proc
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A whole tiny `actdistill run` through the CLI on two MT10 tasks."""
+    tmp_path = tmp_path_factory.mktemp("run")
+    return tmp_path, run_tiny(tmp_path, {"tasks": ["reach-v3", "drawer-close-v3"]})
 
 
 def test_tiny_end_to_end_run_through_the_cli(tiny_run):
@@ -96,9 +104,24 @@ def test_tiny_bench_on_a_tiny_run(tiny_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "bench" / "mt10.json").read_text())
     names = [r["name"] for r in res["rows"]]
-    assert names == ["teacher", "actdistill-rho0.5", "actdistill-rho0.7", "static-prune-rho0.5", "router-kd-rho0.5",
-                     "early-exit-rho0.5", "scratch-rho0.5"]
+    assert names == ["teacher", "actdistill-rho0.5", "actdistill-rho0.7", "static-prune-rho0.5",
+                     "static-prune-distill-rho0.5", "router-kd-rho0.5", "early-exit-rho0.5", "scratch-rho0.5"]
     check_bench_results(res)  # the results file's schema
+    assert res["split"] == "test" and {g: set(ts) for g, ts in res["groups"].items()} == {"easy": {"reach-v3", "drawer-close-v3"}}
+    bench_dir = tmp_path / "run" / "bench"
+    for r in res["rows"]:  # every row, also under both held-out paraphrases (its first 2 placements: all of them)
+        assert set(r["success_per_group"]) == {"easy"} and r["paraphrase_episodes_per_task"] == 2
+        assert len(r["success_paraphrase_each"]) == 2 and 0 <= r["success_paraphrase"] <= 1
+        for k in (1, 2):
+            assert json.loads((bench_dir / f"eval-{r['name']}-paraphrase-{k}" / "results.json").read_text())[
+                "perturb"] == f"paraphrase-{k}"
+    assert "layers_executed_per_group" in res["rows"][1] and (bench_dir / "group_usage.png").stat().st_size > 1000
+    assert "paraphrase success" in (bench_dir / "mt10.md").read_text()
+    # static pruning trained with ActDistill's losses keeps the same layers as static pruning, with other weights
+    sp, spd = (json.loads((bench_dir / n / "header.json").read_text()) for n in ("static-prune-rho0.5",
+                                                                                   "static-prune-distill-rho0.5"))
+    assert sp["summary"]["kept_layers"] == spd["summary"]["kept_layers"] and sp["weights_hash"] != spd["weights_hash"]
+    assert res["rows"][4]["layers_executed_frac"] == res["rows"][3]["layers_executed_frac"]
     for r in res["rows"]:
         assert r["episodes_per_task"] == 2 and r["policy_gflops"] > 0
     teacher = res["rows"][0]
@@ -126,7 +149,8 @@ def test_tiny_bench_with_two_training_seeds(tiny_run):
     tmp_path, _ = tiny_run
     bench = {"actdistill_budgets": [0.5], "baseline_budgets": [0.5],
              "eval": {"episodes_per_task": 2, "max_steps": 8, "workers": 1}, "latency_repeats": 3, "latency_frames": 4,
-             "bootstrap_samples": 50, "scratch_compute_scale": 0.2}  # seed 0 rows are reused from the test above
+             "bootstrap_samples": 50, "scratch_compute_scale": 0.2,  # seed 0 rows are reused from the test above
+             "baselines": ["static-prune", "router-kd", "early-exit", "scratch"], "paraphrase_episodes_per_task": 0}
     (tmp_path / "bench2.json").write_text(json.dumps(bench))
     proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "bench", "--run", str(tmp_path / "run"), "--config",
                            str(tmp_path / "bench2.json"), "--seeds", "2", "--no-progress"],
@@ -166,10 +190,12 @@ def test_tiny_ablation_on_validation_placements(tiny_run):
     res = json.loads((tmp_path / "run" / "ablation-rho0.5" / "ablation.json").read_text())
     rows = {r["variant"]: r for r in res["rows"]}
     assert list(rows) == ["full", "sem-executed", "router-kd", "quantile", "norm-initial", "full+settle", "consistency-reword", "snap"]
-    # full at the run's own budget is the run's student: nothing distilled or exported again
-    assert not (tmp_path / "run" / "ablation-rho0.5" / "full").exists()
+    # full at the run's own budget reuses the run's distilled student; a variant without '+settle' is not settled
+    # (the run settles), so it is exported again, and full+settle then reuses that distillation as well
+    assert not (tmp_path / "run" / "ablation-rho0.5" / "full" / "distill").exists()
     stages = {s["stage"]: s["status"] for s in res["stages"]}
-    assert stages["full: distill"] == stages["full: export"] == "reused"
+    assert stages["full: distill"] == stages["full+settle: distill"] == "reused"
+    assert rows["full"]["overrides"]["export.settle_steps"] == 0 and rows["full+settle"]["calibration"][-1]["phase"] == "settled"
     d = json.loads((tmp_path / "run" / "ablation-rho0.5" / "consistency-reword" / "distill" / "header.json").read_text())["summary"]
     assert d["final"]["cons"] >= 0  # the router-consistency term (its view reworded) was part of the objective
     # every variant also under the perturbation, paired with its own clean run and with full under it
@@ -294,3 +320,32 @@ def test_a_registered_baseline_becomes_a_bench_row(tiny_run):
     assert "full-depth-rho0.5" in rows and rows["full-depth-rho0.5"]["rho"] == 0.5
     assert rows["full-depth-rho0.5"]["method"] == "full-depth" and "delta_vs_actdistill" in rows["full-depth-rho0.5"]
     assert list(rows)[-1] == "scratch-rho0.5"  # registered rows run before the `last` ones
+
+
+def test_tiny_mt50_bench_reports_difficulty_groups_and_paraphrases(tmp_path):
+    """MT50 as a suite of its own, end to end: a tiny run on two tasks of different difficulty groups, then a bench
+    whose results (mt50.json) carry success per group, layer use per group and success under the paraphrases."""
+    run_tiny(tmp_path, {"suite": "mt50", "tasks": ["coffee-button-v3", "push-v3"]})
+    run = json.loads((tmp_path / "run" / "mt50.json").read_text())
+    assert run["benchmark"] == "metaworld-MT50" and set(run["rows"][0]["success_per_group"]) == {"easy", "hard"}
+    bench = {"actdistill_budgets": [0.5], "baseline_budgets": [0.5], "baselines": ["static-prune-distill", "early-exit"],
+             "paraphrase_episodes_per_task": 1, "eval": {"episodes_per_task": 1, "max_steps": 6, "workers": 1},
+             "latency_repeats": 2, "latency_frames": 2, "bootstrap_samples": 20}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "bench", "--run", str(tmp_path / "run"), "--config",
+                           str(tmp_path / "bench.json"), "--no-progress"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "run" / "bench"
+    res = json.loads((out / "mt50.json").read_text())
+    check_bench_results(res)
+    assert res["benchmark"] == "metaworld-MT50" and res["groups"] == {"easy": ["coffee-button-v3"], "hard": ["push-v3"]}
+    assert [r["name"] for r in res["rows"]] == ["teacher", "actdistill-rho0.5", "static-prune-distill-rho0.5",
+                                                "early-exit-rho0.5"]
+    for r in res["rows"]:
+        assert set(r["success_per_group"]) == {"easy", "hard"} and "success_paraphrase" in r
+    assert set(res["rows"][1]["layers_executed_per_group"]) == {"easy", "hard"}
+    assert (out / "group_usage.png").stat().st_size > 1000 and "easy success" in (out / "mt50.md").read_text()
+    assert "mt50.json" in proc.stdout and not (out / "mt10.json").exists()
+    unknown = subprocess.run([sys.executable, "-m", "actdistill.cli", "bench", "--run", str(tmp_path / "run"), "--set",
+                              "baselines=[\"pruning\"]"], capture_output=True, text=True, timeout=300)
+    assert unknown.returncode == 2 and "Unknown baseline(s) 'pruning'" in unknown.stderr

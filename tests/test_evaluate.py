@@ -91,6 +91,25 @@ def test_cli_evaluate_writes_results_and_a_header(tiny_teacher, tmp_path):
     check_provenance(json.loads((out / "results.json").read_text())["provenance"], "results.json")
 
 
+def test_cli_evaluate_defaults_to_the_policys_tasks_and_refuses_others(tiny_teacher, tmp_path, capsys):
+    import json
+
+    from actdistill.cli import main
+    from actdistill.registry import policy_tasks
+    from actdistill.sim import suite_for
+
+    trained = policy_tasks(tiny_teacher)
+    assert trained and suite_for(trained).key == "mt10"
+    assert suite_for(("reach-v3", "hammer-v3")).key == "mt50"  # hammer is in MT50 only
+    out = tmp_path / "e"
+    assert main(["evaluate", "--policy", str(tiny_teacher), "--out", str(out), "--episodes", "1", "--max-steps", "3",
+                 "--workers", "1", "--no-progress"]) == 0
+    assert tuple(json.loads((out / "results.json").read_text())["success_per_task"]) == trained
+    assert main(["evaluate", "--policy", str(tiny_teacher), "--out", str(tmp_path / "x"), "--tasks", "hammer-v3"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on" in err and "hammer-v3" in err and not (tmp_path / "x").exists()
+
+
 def test_raising_the_episode_count_reuses_the_earlier_groups_and_equals_a_fresh_evaluation(tiny_teacher, tmp_path):
     import dataclasses
 

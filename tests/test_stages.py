@@ -93,7 +93,7 @@ def test_export_drops_graph_parts_and_matches_the_trained_student(distilled, tin
 
 def test_export_calibrates_to_the_budget(distilled, tiny_demos, tmp_path):
     out, _ = distilled
-    cfg = ExportConfig(calib_episodes_per_task=2, calib_rounds=2, max_steps=12, calib_margin=0.02)
+    cfg = ExportConfig(calib_episodes_per_task=2, calib_rounds=2, max_steps=12, calib_margin=0.02, settle_steps=0)
     s = run_export(cfg, out, tiny_demos, tmp_path / "x", SimConfig(tasks=TINY_TASKS, image_size=32), progress=False)
     hist = s["calibration"]
     fracs = [h["layers_executed_frac"] for h in hist]

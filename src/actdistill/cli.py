@@ -129,14 +129,20 @@ def cmd_lerobot_view(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from actdistill.pipeline import evaluate_stage
-    from actdistill.registry import load_policy
+    from actdistill.registry import load_policy, policy_tasks
+    from actdistill.sim import suite_for
 
     cfg = _build_config(EvalConfig, args, {"episodes": "episodes_per_task", "max_steps": "max_steps",
                                            "workers": "workers", "gifs": "gifs_per_task", "seed": "seed",
                                            "perturb": "perturb", "trace": "trace"})
     policy = load_policy(Path(args.policy))  # fail here, with one sentence, before any worker starts
-    sim = SimConfig(tasks=tuple(args.tasks) if args.tasks else SimConfig().tasks, camera=args.camera,
-                    image_size=policy.image_size)
+    trained = policy_tasks(Path(args.policy))
+    tasks = tuple(args.tasks) if args.tasks else trained or SimConfig().tasks  # default: the tasks it was trained on
+    if trained and set(tasks) - set(trained):
+        raise ConfigError(f"The policy in {args.policy} was trained on {len(trained)} task(s) of its suite, not on "
+                          f"{', '.join(t for t in tasks if t not in trained)}; evaluate it on its own tasks "
+                          f"(leave out --tasks) or train one on these.")
+    sim = SimConfig(tasks=tasks, camera=args.camera, image_size=policy.image_size, suite=suite_for(tasks).key)
     # the same stage as inside `actdistill run`: results plus a header (eval config, sim, policy weights, provenance)
     r = evaluate_stage(Path(args.policy), weights_hash_of(Path(args.policy)), cfg, sim, Path(args.out), args.name, {},
                        not args.no_progress, policy=policy)["row"]
@@ -193,7 +199,9 @@ def cmd_bench(args) -> None:
     from actdistill.bench.run import bench_table
 
     print("\n" + bench_table(r["rows"]))
-    print(f"results: {Path(args.run) / 'bench' / 'mt10.json'} (+ mt10.md, pareto.png)")
+    name = r["results_file"]
+    print(f"results: {Path(args.run) / 'bench' / name} (+ {name.replace('.json', '.md')}, pareto.png"
+          + (", group_usage.png)" if r.get("groups") else ")"))
 
 
 def cmd_ablate(args) -> None:
@@ -399,7 +407,7 @@ def _add_data_commands(sub) -> None:
     e.add_argument("--workers", type=int)
     e.add_argument("--gifs", type=int, help="GIFs of the first N episodes of each task.")
     e.add_argument("--seed", type=int)
-    e.add_argument("--tasks", nargs="+")
+    e.add_argument("--tasks", nargs="+", help="task names (default: the tasks the policy was trained on, in their suite).")
     e.add_argument("--camera", default="corner2")
     e.add_argument("--perturb", help="an observation perturbation, seeded per placement and step so that every policy "
                    "sees the same one: " + ", ".join(PERTURB_PRESETS) + ", or kind:level with kind in "

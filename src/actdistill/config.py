@@ -56,17 +56,19 @@ class _Base:
 
         cls.__post_init__ = __post_init__
 
-    # Fields added after artifacts were already made with this config, whose default reproduces the earlier
-    # behaviour exactly: written only when they differ from the default, so earlier config hashes (and the
-    # reuse of finished stages) stay valid.
+    # Fields added after artifacts were already made with this config: written only when they differ from the
+    # value that reproduces the earlier behaviour exactly (their default, or the value in _EARLIER_VALUES when
+    # the default has moved on since), so earlier config hashes (and the reuse of finished stages) stay valid
+    # and a changed default never matches an artifact made under the old one.
     _LATER_FIELDS: tuple[str, ...] = ()
+    _EARLIER_VALUES: dict[str, Any] = {}
 
     def to_dict(self, full: bool = False) -> dict[str, Any]:
-        """The config as JSON-able data; `full` also lists later fields that hold their default."""
+        """The config as JSON-able data; `full` also lists later fields that hold their earlier value."""
         out = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
-            if not full and f.name in self._LATER_FIELDS and v == f.default:
+            if not full and f.name in self._LATER_FIELDS and v == self._EARLIER_VALUES.get(f.name, f.default):
                 continue
             out[f.name] = v.to_dict(full) if isinstance(v, _Base) else copy.deepcopy(v)
         return out
@@ -152,7 +154,7 @@ class CollectConfig(_Base):
 
     def __post_init__(self) -> None:
         _positive(self, "demos_per_task", "max_steps", "workers")
-        _check(0 <= self.seed < 1000, f"CollectConfig.seed must be in [0, 1000), got {self.seed}.")
+        _check(0 <= self.seed < 100, f"CollectConfig.seed must be in [0, 100), got {self.seed}.")
 
 
 @dataclass
@@ -351,6 +353,9 @@ class DistillConfig(_Base):
                f"DistillConfig.stream_norm must be one of {', '.join(STREAM_NORMS)}, got {self.stream_norm!r}.")
 
 
+DEFAULT_SETTLE_STEPS = 300  # distillation steps under the calibrated masks after calibration (ExportConfig)
+
+
 @dataclass
 class ExportConfig(_Base):
     """`actdistill export`: strip the graph parts; calibrate the gates on closed-loop rollouts from training placements."""
@@ -360,12 +365,15 @@ class ExportConfig(_Base):
     calib_rounds: int = 3
     calib_margin: float = 0.02  # aim this far below rho: evaluation placements differ from calibration ones
     max_steps: int = 300
-    settle_steps: int = 0  # after calibration, continue distilling with the calibrated masks (router frozen)
+    # after calibration, continue distilling with the calibrated masks (router frozen): on by default since the
+    # rho-0.3 and rho-0.5 ablations on validation placements (README "Low budgets"); 0 turns it off
+    settle_steps: int = DEFAULT_SETTLE_STEPS
     # gate snapping: after the first calibration round, a layer on in >= 1 - snap of the closed-loop steps runs for
     # every input and one on in <= snap for none (0 = off); the shift is then chosen for the remaining gates
     snap: float = 0.0
 
     _LATER_FIELDS = ("settle_steps", "snap")
+    _EARLIER_VALUES = {"settle_steps": 0}  # exports made before settling was the default did not settle
 
     def __post_init__(self) -> None:
         _positive(self, "calib_episodes_per_task", "calib_rounds", "max_steps")
@@ -422,10 +430,20 @@ class BenchConfig(_Base):
     bootstrap_samples: int = 2000
     compile: bool = False  # also measure latency under torch.compile
     seeds: int = 1  # training seeds of every trained row (seed k trains with train.seed + k); rows pool them
+    baselines: tuple[str, ...] = ()  # which registered baselines run at every baseline budget; () = all of them
+    # each row (its seed-0 policy) also runs the first N of its placements of every task (at most
+    # eval.episodes_per_task) under each held-out paraphrase of the instruction; 0: none
+    paraphrase_episodes_per_task: int = 10
+
+    _LATER_FIELDS = ("baselines", "paraphrase_episodes_per_task")
 
     def __post_init__(self) -> None:
         self.actdistill_budgets = tuple(self.actdistill_budgets)
         self.baseline_budgets = tuple(self.baseline_budgets)
+        self.baselines = tuple(self.baselines)
+        _check(len(set(self.baselines)) == len(self.baselines), "BenchConfig.baselines names a baseline twice.")
+        _check(self.paraphrase_episodes_per_task >= 0,
+               f"BenchConfig.paraphrase_episodes_per_task must be >= 0, got {self.paraphrase_episodes_per_task}.")
         for r in self.actdistill_budgets + self.baseline_budgets:
             _check(0.0 < r <= 1.0, f"BenchConfig budgets must be in (0, 1], got {r}.")
         for r in self.baseline_budgets:

@@ -62,9 +62,16 @@ def _student_from_distill(distill_dir: Path, probes=None) -> tuple[RoutedStudent
 
 def calibrate(student: RoutedStudent, rho: float, cfg: ExportConfig, sim: SimConfig, seeds: dict[str, list[int]],
               progress: bool = True, phase: str = "calibrate") -> list[dict]:
-    """Shift the gate logits until the closed-loop executed-layer fraction on training placements meets rho."""
-    from actdistill.evaluate import evaluate
+    """Shift the gate logits until the closed-loop executed-layer fraction on training placements meets rho.
 
+    `seeds` (task -> placement seeds) are demonstration or validation placements; test placements are refused."""
+    from actdistill.evaluate import evaluate
+    from actdistill.sim import placement_kind
+
+    test = sorted(s for ss in seeds.values() for s in ss if placement_kind(s) == "eval")
+    if test:
+        raise ValueError(f"Calibration was given {len(test)} test placement(s) (e.g. {test[0]}); it may only use "
+                         f"demonstration or validation placements, so that test numbers are never tuned on.")
     target = rho - cfg.calib_margin
     ecfg = EvalConfig(episodes_per_task=cfg.calib_episodes_per_task, max_steps=cfg.max_steps, workers=1,
                       batch_envs=cfg.calib_episodes_per_task)
@@ -182,7 +189,10 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
     rho = dist_cfg["distill"]["rho"]
     history, extra = [], {}
     if cfg.calibrate:
-        sim = SimConfig(tasks=tuple(dist_cfg["tasks"]), camera=sim.camera, image_size=student.image_size)
+        from actdistill.sim import suite_for
+
+        tasks = tuple(dist_cfg["tasks"])  # calibrated on the tasks it was distilled on, in their suite
+        sim = SimConfig(tasks=tasks, camera=sim.camera, image_size=student.image_size, suite=suite_for(tasks).key)
         from actdistill.distill.consistency import view_rewordings
         from actdistill.distill.stage import distill_loss
 

@@ -158,8 +158,9 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
 
     cost = measure_cost(teacher_dir, export_dir, data_path)
     results = run_results(cfg, st, ev_t["row"], ev_s["row"], cost, content)
-    atomic_write_json(out / "mt10.json", results)
-    return {"stages": st.rows, "rows": results["rows"], "results": str(out / "mt10.json"), "cost": cost,
+    results_path = out / f"{cfg.collect.sim.suite}.json"  # mt10.json, mt50.json (bench.run.results_file)
+    atomic_write_json(results_path, results)
+    return {"stages": st.rows, "rows": results["rows"], "results": str(results_path), "cost": cost,
             "layer_usage": layer_usage_report(ev_s["row"], out / f"eval-{name}"),
             "heatmap": str(out / f"eval-{name}" / "layer_usage.png"), "wall_seconds": round(time.time() - t_start, 1),
             "notices": st.notices, "reproduction": compare_with_reference(results, reference_results_path())}

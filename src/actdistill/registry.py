@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actdistill.artifacts import ArtifactError, read_json
-from actdistill.constants import HEADER_FILE
+from actdistill.constants import CONFIG_FILE, HEADER_FILE
 from actdistill.early_exit import load_early_exit
 from actdistill.export import load_student
 from actdistill.teacher import load_teacher
@@ -29,6 +29,14 @@ def load_policy(folder: Path):
     if stage not in LOADERS:
         raise ArtifactError(f"{folder} holds a '{stage}' artifact, which is not a policy; point to a teacher or an exported student.")
     return LOADERS[stage](folder)
+
+
+def policy_tasks(folder: Path) -> tuple[str, ...]:
+    """The task list a policy folder was trained on (an early-exit policy: its teacher's); () when not recorded."""
+    cfg = read_json(Path(folder) / CONFIG_FILE, "the policy config")
+    if "tasks" not in cfg and "teacher" in cfg:  # early exit points to its teacher
+        return policy_tasks(Path(cfg["teacher"]))
+    return tuple(cfg.get("tasks", ()))
 
 
 @dataclass(frozen=True)

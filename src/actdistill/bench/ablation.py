@@ -14,7 +14,8 @@ from actdistill.artifacts import atomic_write_bytes, atomic_write_json, read_jso
 from actdistill.bench.baselines import train_router_kd
 from actdistill.bench.rows import RunArtifacts
 from actdistill.bench.run import paired_bootstrap
-from actdistill.config import AblationConfig, ConfigError, DistillConfig, ExportConfig, RunConfig, apply_overrides
+from actdistill.config import (DEFAULT_SETTLE_STEPS, AblationConfig, ConfigError, DistillConfig, ExportConfig, RunConfig,
+                               apply_overrides)
 from actdistill.constants import CONFIG_FILE, HEADER_FILE, RESULTS_FILE
 from actdistill.distill.stage import run_distill
 from actdistill.export import export_inputs, run_export, training_placements
@@ -49,9 +50,10 @@ VARIANTS: dict[str, dict] = {
     # gates on (off) in >= 85% of closed-loop calibration steps fixed on (off) for every input (export.py snap_gates)
     "snap": {"export.snap": 0.15, "export.calib_rounds": 3},
 }
-# any variant + SETTLE: the same student, then distillation continued under its calibrated masks (export.settle_steps)
+# any variant + SETTLE: the same student, then distillation continued under its calibrated masks
+# (export.settle_steps); a variant without the suffix is not settled, whatever the run's default
 SETTLE = "+settle"
-SETTLE_STEPS = 300
+SETTLE_STEPS = DEFAULT_SETTLE_STEPS
 
 
 def variant_spec(name: str) -> dict:
@@ -60,7 +62,7 @@ def variant_spec(name: str) -> dict:
     if base not in VARIANTS:
         raise ConfigError(f"Unknown ablation variant {name!r}; choose from {', '.join(VARIANTS)}, each optionally "
                           f"followed by '{SETTLE}'.")
-    return {**VARIANTS[base], **({"export.settle_steps": SETTLE_STEPS} if base != name else {})}
+    return {**VARIANTS[base], "export.settle_steps": SETTLE_STEPS if base != name else 0}
 
 
 def variant_configs(name: str, rc: RunConfig, rho: float) -> tuple[str, DistillConfig, ExportConfig]:

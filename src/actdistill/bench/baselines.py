@@ -2,6 +2,8 @@
 
 - static pruning (EfficientVLA style): drop, for every input, the layers whose output changes their input
   least (cosine similarity over training frames), then fine-tune with the task loss;
+- the same static pruning trained with ActDistill's own losses (per-layer semantic and action streams): what
+  the losses give without routing;
 - router without graph supervision (MoLe-VLA style): the same router, gating, budget and calibration,
   trained with the task loss and distillation from the teacher's final action only;
 - early exit (DeeR-VLA style): a deployable policy of its own, in `actdistill.early_exit`;
@@ -31,12 +33,13 @@ from actdistill.training import train_loop, unwrap
 STATIC_ROUTER_DIM = 8  # the static student's router is fixed (zero weights, +-20 biases): its width is immaterial
 
 
-def static_prune_student(teacher: ReferenceVLA, keep: int, similarity: torch.Tensor) -> RoutedStudent:
-    """A student that runs the same `keep` layers for every input: the least input-preserving ones."""
+def static_prune_student(teacher: ReferenceVLA, keep: int, similarity: torch.Tensor, probes=None) -> RoutedStudent:
+    """A student that runs the same `keep` layers for every input: the least input-preserving ones. `probes`: copies
+    of the teacher's extractors and probes to attach, for training with the distillation losses."""
     if not 1 <= keep <= teacher.num_layers:
         raise ValueError(f"keep must be in [1, {teacher.num_layers}], got {keep}.")
     keep_set = set(torch.argsort(similarity)[:keep].tolist())  # lowest similarity = the layer changes most
-    student = RoutedStudent.from_teacher(teacher, None, router_dim=STATIC_ROUTER_DIM)
+    student = RoutedStudent.from_teacher(teacher, probes, router_dim=STATIC_ROUTER_DIM)
     with torch.no_grad():
         student.router.gate.weight.zero_()
         student.router.gate.bias.copy_(torch.tensor([20.0 if l in keep_set else -20.0 for l in range(teacher.num_layers)]))

@@ -22,17 +22,15 @@ import numpy as np
 
 from actdistill.artifacts import atomic_write_bytes, atomic_write_json, read_json, save_figure
 from actdistill.bench.ablation import format_delta, variant_policy
-from actdistill.bench.rows import BASELINES, Bench
-from actdistill.config import BenchConfig, ConfigError, RobustnessConfig
+from actdistill.bench.rows import BASELINES, Bench, chosen_baselines
+from actdistill.config import BenchConfig, RobustnessConfig
 from actdistill.evaluate import paired_bootstrap
 from actdistill.provenance import provenance
 from actdistill.sim import get_suite
 
 
 def run_robustness(run_dir: Path, cfg: RobustnessConfig, progress: bool = True) -> dict:
-    unknown = [b for b in cfg.baselines if b not in BASELINES]
-    if unknown:
-        raise ConfigError(f"Unknown baseline(s) {', '.join(map(repr, unknown))}; choose from {', '.join(BASELINES)}.")
+    chosen_baselines(cfg.baselines, "robustness.baselines")
     run_dir = Path(run_dir)
     variants = {(rho, v): variant_policy(run_dir, rho, v) for rho in cfg.budgets for v in cfg.variants}  # before work
     out = run_dir / "robustness"

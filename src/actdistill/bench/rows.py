@@ -23,17 +23,22 @@ from actdistill.bench.flops import train_step_flops
 from actdistill.config import BenchConfig, RunConfig, TeacherConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, RESULTS_FILE
 from actdistill.data.dataset import FrameDataset
+from actdistill.errors import ConfigError
 from actdistill.data.hdf5 import read_demos
 from actdistill.distill.consistency import view_rewordings
 from actdistill.distill.routing import RoutedStudent
-from actdistill.distill.stage import distill_loss, run_distill
+from actdistill.distill.stage import distill_loss, initial_streams, run_distill
 from actdistill.early_exit import EarlyExitPolicy, choose_exit_threshold, save_early_exit
 from actdistill.export import export_inputs, run_export, save_student, training_placements
 from actdistill.models.vla import ReferenceVLA
 from actdistill.pipeline import StageRunner, evaluate_stage
 from actdistill.probe.stage import load_probe_artifact
+from actdistill.sim import get_suite
 from actdistill.teacher import load_teacher, train_teacher
 from actdistill.training import train_loop
+
+
+PARAPHRASE_PRESETS = ("paraphrase-1", "paraphrase-2")  # the held-out instructions a bench row is also run with
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,15 @@ def register_baseline(name: str, per_seed: bool = True, last: bool = False):
         BASELINES[name] = Baseline(fn, per_seed, last)
         return fn
     return wrap
+
+
+def chosen_baselines(names: tuple[str, ...], field: str) -> tuple[str, ...]:
+    """`names`, once each is known to be a registered baseline (else one sentence naming `field`)."""
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown:
+        raise ConfigError(f"Unknown baseline(s) {', '.join(map(repr, unknown))} in {field}; registered: "
+                          f"{', '.join(BASELINES)}.")
+    return tuple(names)
 
 
 def seeded(train, k: int):
@@ -122,6 +136,24 @@ class Bench(RunArtifacts):
 
     weights_hash_of = staticmethod(weights_hash_of)
 
+    def paraphrase_rows(self) -> dict[str, list[dict]]:
+        """Every row's seed-0 policy on the first `bench.paraphrase_episodes_per_task` placements of each task under
+        each held-out paraphrase of the instruction (the same placements as its own first episodes), by row name."""
+        n = min(self.cfg.paraphrase_episodes_per_task, self.cfg.eval.episodes_per_task)
+        if n == 0:
+            return {}
+        suite = get_suite(self.sim.suite)
+        count = min(len(PARAPHRASE_PRESETS), *(len(suite.instructions[t]) - 1 for t in self.tasks))
+        out = {}
+        for group, spec in self.groups.items():
+            m = spec["members"][0]
+            folder = self.policies[m]
+            out[group] = [self.evaluate_policy(f"{m}-{p}", folder, self.weights_hash_of(folder),
+                                               dataclasses.replace(self.cfg.eval, episodes_per_task=n, perturb=p),
+                                               self.eval_root)
+                          for p in PARAPHRASE_PRESETS[:count]]
+        return out
+
     @property
     def similarity(self) -> torch.Tensor:
         """(L,) input/output cosine similarity of the teacher's layers on training frames (computed once)."""
@@ -176,27 +208,55 @@ class Bench(RunArtifacts):
 def static_prune_row(bench: Bench, rho: float, k: int, frac: float) -> None:
     """The same layers removed for every input (those that change their input least), then task-loss fine-tuning for
     as many steps as the ActDistill student trains (distillation + settling)."""
+    static_row(bench, rho, k, frac, "static-prune", distill=False)
+
+
+@register_baseline("static-prune-distill")
+def static_prune_distill_row(bench: Bench, rho: float, k: int, frac: float) -> None:
+    """The static-prune student (the same layers kept) trained with ActDistill's own objective (task loss, per-layer
+    semantic and action streams against the teacher cache) for as many steps: what the losses give without
+    routing."""
+    static_row(bench, rho, k, frac, "static-prune-distill", distill=True)
+
+
+def static_row(bench: Bench, rho: float, k: int, frac: float, method: str, distill: bool) -> None:
+    """A static student of the matched depth, trained for the ActDistill student's steps (distillation + settling)
+    with the task loss, or (`distill`) with the distillation objective, its router fixed."""
     keep = max(1, int(round(frac * bench.teacher.num_layers)))
-    name = bench.member("static-prune", rho, k)
+    name = bench.member(method, rho, k)
     folder = bench.out / name
     rc = bench.rc
     ft_cfg = dataclasses.replace(seeded(rc.distill.train, k), steps=rc.distill.train.steps + bench.settle_steps)
     similarity = bench.similarity
-    key = {"keep": keep, "train": ft_cfg.to_dict(), "similarity": similarity.tolist()}
+    inputs = {"teacher": bench.teacher_hash}
+    if distill:  # a fixed router: no routing views or rewordings, and the gate terms are constants
+        dcfg = dataclasses.replace(rc.distill, rho=keep / bench.teacher.num_layers, train=ft_cfg, router_consistency=0.0,
+                                   router_reword=0.0, always_run=0, gating="threshold")
+        key = {"keep": keep, "distill": dcfg.to_dict(), "similarity": similarity.tolist()}
+        inputs["cache"] = bench.cache.fingerprint
+    else:
+        key = {"keep": keep, "train": ft_cfg.to_dict(), "similarity": similarity.tolist()}
 
     def build() -> dict:
         t0 = time.time()
-        student = static_prune_student(bench.teacher, keep, similarity)
-        train_loop(model=student, dataset=bench.data, cfg=ft_cfg, out_dir=folder, stage="static-prune",
-                   loss_fn=lambda m, b, s: task_loss(m, b), identity={"key": key, "teacher": bench.teacher_hash},
-                   progress=bench.progress)
-        return {**save_student(student.eval(), folder, bench.teacher.config.to_dict(), STATIC_ROUTER_DIM, rho, list(bench.tasks), key,
-                               {"teacher": bench.teacher_hash},
+        student = static_prune_student(bench.teacher, keep, similarity, probes=bench.probes if distill else None)
+        if distill:
+            initial = initial_streams(student, bench.data, bench.cache, dcfg) if dcfg.stream_norm == "initial" else None
+
+            def loss_fn(m, b, s):
+                return distill_loss(m, b, bench.cache, dcfg, soft=False, initial=initial, step=s)
+        else:
+            def loss_fn(m, b, s):
+                return task_loss(m, b)
+        train_loop(model=student, dataset=bench.data, cfg=ft_cfg, out_dir=folder, stage=method, loss_fn=loss_fn,
+                   identity={"key": key, **inputs}, progress=bench.progress)
+        return {**save_student(student.strip_probes().eval(), folder, bench.teacher.config.to_dict(), STATIC_ROUTER_DIM,
+                               rho, list(bench.tasks), key, inputs,
                                {"kept_layers": sorted(torch.argsort(similarity)[:keep].tolist())}),
                 "seconds": round(time.time() - t0, 1)}
 
-    bench.stages.run(f"static-prune rho={rho}" + (f"-seed{k}" if k else ""), "export", folder, key,
-                     {"teacher": bench.teacher_hash}, build, lambda s: f"layers {s['kept_layers']}", lambda s: s["weights"])
+    bench.stages.run(f"{method} rho={rho}" + (f"-seed{k}" if k else ""), "export", folder, key, inputs, build,
+                     lambda s: f"layers {s['kept_layers']}", lambda s: s["weights"])
     bench.evaluate_row(name, folder, bench.weights_hash_of(folder))
 
 

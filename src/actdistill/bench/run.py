@@ -1,11 +1,13 @@
 """`actdistill bench`: every method at every budget on the same data, placements and episodes.
 
-Rows: teacher; actdistill-rho<r> for each budget; at each baseline budget static-prune, router-kd,
-early-exit and scratch, each matched to the compute the ActDistill student of that budget executes in
-closed loop. Columns: success (per task, mean with 95% CI, hard tasks), the paired difference to the
-ActDistill row of the same budget (paired bootstrap over the same placements), executed-layer fraction,
-decoder and policy FLOPs per action query, batch-1 latency measured interleaved in one process, speedup,
-ideal speedup. Finished rows whose config and inputs are unchanged are reused by fingerprint.
+Rows: teacher; actdistill-rho<r> for each budget; at each baseline budget static-prune, static-prune-distill,
+router-kd, early-exit and scratch (or the ones `bench.baselines` names), each matched to the compute the
+ActDistill student of that budget executes in closed loop. Columns: success (per task, per difficulty group,
+mean with 95% CI, hard tasks), success under the held-out instruction paraphrases, the paired difference to the
+ActDistill row of the same budget (paired bootstrap over the same placements), executed-layer fraction (overall
+and per difficulty group), decoder and policy FLOPs per action query, batch-1 latency measured interleaved in one
+process, speedup, ideal speedup. Finished rows whose config and inputs are unchanged are reused by fingerprint.
+Results go to `<suite>.json` (mt10.json, mt50.json) in the run's bench folder.
 """
 
 from __future__ import annotations
@@ -32,11 +34,24 @@ ROW_FIELDS = ("name", "success_mean", "success_ci95", "success_per_task", "succe
 _TOL = 1e-9  # interval ends and means are computed in different summation orders
 
 
+def results_file(suite_key: str) -> str:
+    """The results file name of `bench` and `run` for a suite: mt10.json, mt50.json."""
+    return f"{suite_key}.json"
+
+
+# written by every bench since the validation split and the difficulty groups existed (earlier files lack them)
+LATER_FIELDS = ("split",)
+LATER_ROW_FIELDS = ("success_per_group",)
+
+
 def check_bench_results(results: dict) -> None:
-    """Raise ArtifactError, in one sentence, unless `results` has the shape `mt10.json` promises."""
-    for key in ("benchmark", "config", "provenance", "dataset_content_hash", "hard_tasks", "rows"):
+    """Raise ArtifactError, in one sentence, unless `results` has the shape `mt10.json` / `mt50.json` promise."""
+    for key in ("benchmark", "config", "provenance", "dataset_content_hash", "hard_tasks", "rows", *LATER_FIELDS):
         if key not in results:
             raise ArtifactError(f"bench results lack the field '{key}'.")
+    if results["split"] != "test":
+        raise ArtifactError(f"bench results report the {results['split']!r} placements; reported numbers come from the "
+                            f"'test' placements only.")
     try:
         check_provenance(results["provenance"], "the bench results")
     except ValueError as err:
@@ -57,12 +72,23 @@ def check_bench_results(results: dict) -> None:
         d = r.get("delta_vs_actdistill")
         if d and not d[1] - _TOL <= d[0] <= d[2] + _TOL:
             raise ArtifactError(f"bench row '{name}' has a paired-difference CI that does not bracket its mean.")
+        missing = [k for k in LATER_ROW_FIELDS if k not in r]
+        if missing:
+            raise ArtifactError(f"bench row '{name}' lacks the fields {', '.join(missing)}.")
+        for g, v in r["success_per_group"].items():
+            if not 0 <= v <= 1:
+                raise ArtifactError(f"bench row '{name}' has a success of {v} in group '{g}', outside [0, 1].")
+        if "success_paraphrase" in r:
+            lo, hi = r["success_paraphrase_ci95"]
+            if not lo - _TOL <= r["success_paraphrase"] <= hi + _TOL or not 0 <= lo <= hi <= 1:
+                raise ArtifactError(f"bench row '{name}' has a paraphrase success CI that does not bracket its mean.")
 
 
 def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     """The teacher, ActDistill at every budget and seed, then every registered baseline at every baseline budget."""
-    from actdistill.bench.rows import BASELINES, Bench
+    from actdistill.bench.rows import BASELINES, Bench, chosen_baselines
 
+    chosen = chosen_baselines(cfg.baselines or tuple(BASELINES), "bench.baselines")
     bench = Bench(run_dir, cfg, progress)
     bench.evaluate_row("teacher", bench.teacher_dir, bench.teacher_hash)
     for rho in cfg.actdistill_budgets:
@@ -73,18 +99,22 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     for last in (False, True):  # the longest trainings last: every cheaper row is worth having first
         for rho in cfg.baseline_budgets:
             for k in range(cfg.seeds):
-                for spec in BASELINES.values():
-                    if spec.last == last and (spec.per_seed or k == 0):
+                for b, spec in BASELINES.items():
+                    if b in chosen and spec.last == last and (spec.per_seed or k == 0):
                         spec.build(bench, rho, k, bench.matched_fraction(rho, k))
+    paraphrased = bench.paraphrase_rows()
     extra = {"training_compute": {k: {"steps": v["steps"], "pflops": v["flops"] / 1e15} for k, v in bench.training.items()}}
-    results = finish_bench(bench.rows, bench.policies, bench.groups, cfg, bench.tasks, bench.data, bench.out, bench.rc, extra)
+    results = finish_bench(bench.rows, bench.policies, bench.groups, cfg, bench.tasks, bench.data, bench.out, bench.rc, extra,
+                           paraphrased)
     results["stages"] = bench.stages.rows
+    results["results_file"] = results_file(bench.sim.suite)
     return results
 
 
 def finish_bench(rows: dict, policies: dict, groups: dict, cfg: BenchConfig, tasks: tuple, data, out: Path, rc: RunConfig,
-                 extra: dict | None = None) -> dict:
-    """One row per method and budget, pooled over its training seeds; cost columns from its seed-0 policy."""
+                 extra: dict | None = None, paraphrased: dict[str, list[dict]] | None = None) -> dict:
+    """One row per method and budget, pooled over its training seeds; cost and paraphrase columns from its seed-0
+    policy (`paraphrased`: row name -> its seed-0 evaluations under each held-out paraphrase)."""
     from actdistill.bench.cost import sample_frames
     from actdistill.bench.flops import policy_flops
     from actdistill.bench.latency import interleaved_latency
@@ -94,6 +124,8 @@ def finish_bench(rows: dict, policies: dict, groups: dict, cfg: BenchConfig, tas
 
     teacher_row = rows["teacher"]
     hard = [t for t in tasks if teacher_row["success_per_task"][t] < 0.9]
+    suite = get_suite(rc.collect.sim.suite)
+    suite_groups = {g: tuple(t for t in ts if t in tasks) for g, ts in suite.groups.items()}
     frames = sample_frames(data, cfg.latency_frames)
     # a seed changes the weights, not the architecture: FLOPs, latency and memory are measured on seed 0's policy
     firsts = {g: spec["members"][0] for g, spec in groups.items()}
@@ -109,7 +141,9 @@ def finish_bench(rows: dict, policies: dict, groups: dict, cfg: BenchConfig, tas
         dec = float(np.mean([x["decoder_flops"] for x in fl])) / 1e9
         pol = float(np.mean([x["policy_flops"] for x in fl])) / 1e9
         mem = max((peak_memory(loaded[name], f) for f in frames), key=lambda m: m["peak_memory_mb"])
-        row = pool_seeds(name, members, tasks)
+        row = pool_seeds(name, members, tasks, suite_groups)
+        if paraphrased and paraphrased.get(name):
+            row.update(paraphrase_columns(members[0], paraphrased[name], cfg.bootstrap_samples))
         row.update(method=spec["method"], rho=spec["rho"],
                    success_hard=float(np.mean([row["success_per_task"][t] for t in hard])) if hard else None,
                    decoder_gflops=dec, policy_gflops=pol,
@@ -132,19 +166,47 @@ def finish_bench(rows: dict, policies: dict, groups: dict, cfg: BenchConfig, tas
     seed_rows = [{"name": m, "group": g, "seed": i, **{k: rows[m][k] for k in ("success_mean", "success_per_task")},
                   "layers_executed_frac": rows[m].get("layers_executed_frac", 1.0)}
                  for g, spec in groups.items() for i, m in enumerate(spec["members"])]
-    results = {"benchmark": get_suite(rc.collect.sim.suite).name, "config": {"run": rc.to_dict(), "bench": cfg.to_dict()},
+    results = {"benchmark": suite.name, "split": cfg.eval.split,
+               "config": {"run": rc.to_dict(), "bench": cfg.to_dict()},
                "provenance": provenance(), "dataset_content_hash": data.content_hash, "hard_tasks": hard,
+               "groups": {g: list(ts) for g, ts in suite_groups.items() if ts},
                **(extra or {}), "rows": out_rows, "seed_rows": seed_rows}
     check_bench_results(results)
-    atomic_write_json(out / "mt10.json", results)
-    atomic_write_bytes(out / "mt10.md", bench_table(out_rows).encode())
-    pareto_plot(out_rows, out / "pareto.png")
+    name = results_file(suite.key)
+    atomic_write_json(out / name, results)
+    table = bench_table(out_rows)
+    if results["groups"] or any("success_paraphrase" in r for r in out_rows):
+        table += "\n" + group_table(out_rows, list(results["groups"]))
+    atomic_write_bytes(out / name.replace(".json", ".md"), table.encode())
+    pareto_plot(out_rows, out / "pareto.png", suite.name)
+    if results["groups"] and any("layers_executed_per_group" in r for r in out_rows):
+        group_usage_plot(out_rows, list(results["groups"]), out / "group_usage.png")
     return results
 
 
-def pool_seeds(name: str, members: list[dict], tasks: tuple) -> dict:
+def paraphrase_columns(row: dict, evals: list[dict], samples: int) -> dict:
+    """Success under the held-out paraphrases (pooled over them, on the first placements of each task), and the
+    paired gap to the training instruction on the same placements (instruction minus paraphrase)."""
+    from actdistill.evaluate import wilson_ci
+
+    tasks = list(row["per_episode_success"])
+    para = {t: [x for e in evals for x in e["per_episode_success"][t]] for t in tasks}
+    # each paraphrase episode is paired with the training-instruction episode of the same placement
+    instr = {t: [x for e in evals for x in row["per_episode_success"][t][:len(e["per_episode_success"][t])]] for t in tasks}
+    k, n = sum(sum(v) for v in para.values()), sum(len(v) for v in para.values())
+    per_task = {t: float(np.mean(v)) for t, v in para.items()}
+    return {"success_paraphrase": float(np.mean(list(per_task.values()))), "success_paraphrase_ci95": list(wilson_ci(k, n)),
+            "success_paraphrase_per_task": per_task,
+            "success_paraphrase_each": [float(e["success_mean"]) for e in evals],
+            "paraphrase_episodes_per_task": len(evals[0]["per_episode_success"][tasks[0]]),
+            "instruction_minus_paraphrase": paired_bootstrap(instr, para, samples)}
+
+
+def pool_seeds(name: str, members: list[dict], tasks: tuple, groups: dict[str, tuple[str, ...]] | None = None) -> dict:
     """The evaluation rows of one method's training seeds as one row: per-task success averaged over seeds, a
-    Wilson CI over every pooled episode, each seed's mean success and their spread (sample std, min, max)."""
+    Wilson CI over every pooled episode, each seed's mean success and their spread (sample std, min, max); per
+    difficulty group (`groups`, restricted to the tasks evaluated) the mean success and, for routed rows, the
+    executed-layer fraction, every task weighing the same."""
     from actdistill.evaluate import wilson_ci
 
     row = {k: v for k, v in members[0].items() if k not in ("per_episode_success",)}
@@ -163,6 +225,11 @@ def pool_seeds(name: str, members: list[dict], tasks: tuple) -> dict:
     if all(r.get("layer_usage_per_task") for r in members):
         row["layer_usage_per_task"] = {t: np.mean([r["layer_usage_per_task"][t] for r in members], axis=0).round(4).tolist()
                                        for t in tasks}
+    in_group = {g: ts for g, ts in (groups or {}).items() if ts}
+    row["success_per_group"] = {g: float(np.mean([per_task[t] for t in ts])) for g, ts in in_group.items()}
+    if "layer_usage_per_task" in row:
+        row["layers_executed_per_group"] = {g: float(np.mean([np.mean(row["layer_usage_per_task"][t]) for t in ts]))
+                                            for g, ts in in_group.items()}
     return row
 
 
@@ -220,7 +287,50 @@ def bench_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pareto_plot(rows: list[dict], path: Path) -> None:
+def group_table(rows: list[dict], groups: list[str]) -> str:
+    """Success and executed-layer fraction per difficulty group, and success under the held-out paraphrases."""
+    head = ("| row | " + "".join(f"{g} success | " for g in groups) + "".join(f"{g} layers | " for g in groups)
+            + "paraphrase success (95% CI) | instruction - paraphrase [95% CI] |")
+    lines = [head, "|" + "---|" * (3 + 2 * len(groups))]
+    for r in rows:
+        succ = "".join(f"{r['success_per_group'][g]:.3f} | " if g in r["success_per_group"] else " | " for g in groups)
+        used = r.get("layers_executed_per_group", {})
+        lay = "".join(f"{used[g]:.2f} | " if g in used else " | " for g in groups)
+        para = gap = ""
+        if "success_paraphrase" in r:
+            lo, hi = r["success_paraphrase_ci95"]
+            para = f"{r['success_paraphrase']:.3f} ({lo:.2f}-{hi:.2f})"
+            d = r["instruction_minus_paraphrase"]
+            gap = f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
+        lines.append(f"| {r['name']} | {succ}{lay}{para} | {gap} |")
+    return "\n".join(lines) + "\n"
+
+
+def group_usage_plot(rows: list[dict], groups: list[str], path: Path) -> None:
+    """Executed-layer fraction per difficulty group of every routed row: does the router spend more on hard tasks?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    routed = [r for r in rows if "layers_executed_per_group" in r]
+    width = 0.8 / len(routed)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(groups) * len(routed)), 3.5))
+    for i, r in enumerate(routed):
+        ax.bar([j + i * width for j in range(len(groups))],
+               [r["layers_executed_per_group"].get(g, np.nan) for g in groups], width, label=r["name"])
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], groups)
+    ax.set_xlabel("difficulty group")
+    ax.set_ylabel("decoder layers executed (fraction)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def pareto_plot(rows: list[dict], path: Path, benchmark: str = "MT10") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,7 +344,7 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
         rs = sorted(rs, key=lambda r: r["policy_gflops"])
         ax.plot([r["policy_gflops"] for r in rs], [r["success_mean"] for r in rs], marker="o", label=m)
     ax.set_xlabel("policy GFLOPs per action query")
-    ax.set_ylabel("mean MT10 success")
+    ax.set_ylabel(f"mean {benchmark} success")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

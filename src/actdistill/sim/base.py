@@ -88,6 +88,15 @@ def get_suite(key: str) -> Suite:
     return SUITES[key]
 
 
+def suite_for(tasks: tuple[str, ...]) -> Suite:
+    """The registered suite that holds every one of `tasks` (the default suite first, then in registration order)."""
+    order = [SUITES[DEFAULT_SUITE], *(s for k, s in SUITES.items() if k != DEFAULT_SUITE)]
+    for suite in order:
+        if all(t in suite.tasks for t in tasks):
+            return suite
+    raise ConfigError(f"No registered suite ({', '.join(SUITES)}) holds all of the tasks {', '.join(tasks)}.")
+
+
 def suite_modules() -> tuple[str, ...]:
     """The modules that registered the suites known in this process. Spawned worker processes start with only
     the package's own suites and import these (`import_suites`), so a suite registered by a user's module
@@ -113,12 +122,25 @@ def instruction_for(task: str, paraphrase: int = -1) -> str:
     raise ConfigError(f"Unknown task {task!r}; no registered suite ({', '.join(SUITES)}) has it.")
 
 
-# kind -> first seed of its range; a range holds seed * 100_000 + i for eval.seed in [0, 1000), i < 100_000
-PLACEMENT_BASES = {"demo": 0, "eval": 10_000_000, "calib": 20_000_000, "val": 200_000_000}
+# kind -> first seed of its range; a range holds base + seed * 100_000 + i for i < 100_000 and seed below its
+# kind's limit (collect.seed < 100; eval.seed < 1000 for test and validation), so the three ranges never meet:
+# demonstrations [0, 1e7), test [1e7, 1.1e8), validation [2e8, 3e8)
+PLACEMENT_BASES = {"demo": 0, "eval": 10_000_000, "val": 200_000_000}
+SEED_LIMITS = {"demo": 100, "eval": 1000, "val": 1000}
 
 
 def placement_seeds(kind: str, seed: int, count: int) -> list[int]:
     """Placement seeds: demonstrations, test ("eval", the reported numbers) and validation ("val", every choice
     made from rollouts) draw from disjoint ranges."""
     base = PLACEMENT_BASES[kind]
+    if not 0 <= seed < SEED_LIMITS[kind] or not 0 <= count <= 100_000:
+        raise ConfigError(f"Placement seed {seed} (or count {count}) is outside the {kind!r} range.")
     return [base + seed * 100_000 + i for i in range(count)]
+
+
+def placement_kind(placement: int) -> str:
+    """Which range a placement seed lies in: "demo", "eval" (test) or "val"; "other" outside all three."""
+    for kind, base in PLACEMENT_BASES.items():
+        if base <= placement < base + SEED_LIMITS[kind] * 100_000:
+            return kind
+    return "other"
