@@ -59,6 +59,16 @@ def run_tiny(tmp_path: Path, sim: dict) -> subprocess.CompletedProcess:
     return proc
 
 
+def run_on_tiny_run(tmp_path: Path, command: str, cfg: dict, name: str, *extra: str) -> subprocess.CompletedProcess:
+    """`actdistill <command> --run <tmp_path>/run --config <name>.json` with `cfg` written there; it must succeed."""
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    proc = subprocess.run([sys.executable, "-m", "actdistill.cli", command, "--run", str(tmp_path / "run"), "--config",
+                           str(tmp_path / f"{name}.json"), *extra, "--no-progress"], capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A whole tiny `actdistill run` through the CLI on two MT10 tasks."""
@@ -98,10 +108,7 @@ def test_tiny_bench_on_a_tiny_run(tiny_run):
     bench = {"actdistill_budgets": [0.5, 0.7], "baseline_budgets": [0.5],
              "eval": {"episodes_per_task": 2, "max_steps": 8, "workers": 1}, "latency_repeats": 3, "latency_frames": 4,
              "bootstrap_samples": 50, "scratch_compute_scale": 0.2}
-    (tmp_path / "bench.json").write_text(json.dumps(bench))
-    proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "bench", "--run", str(tmp_path / "run"), "--config",
-                           str(tmp_path / "bench.json"), "--no-progress"], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_tiny_run(tmp_path, "bench", bench, "bench")
     res = json.loads((tmp_path / "run" / "bench" / "mt10.json").read_text())
     names = [r["name"] for r in res["rows"]]
     assert names == ["teacher", "actdistill-rho0.5", "actdistill-rho0.7", "static-prune-rho0.5",
@@ -151,11 +158,7 @@ def test_tiny_bench_with_two_training_seeds(tiny_run):
              "eval": {"episodes_per_task": 2, "max_steps": 8, "workers": 1}, "latency_repeats": 3, "latency_frames": 4,
              "bootstrap_samples": 50, "scratch_compute_scale": 0.2,  # seed 0 rows are reused from the test above
              "baselines": ["static-prune", "router-kd", "early-exit", "scratch"], "paraphrase_episodes_per_task": 0}
-    (tmp_path / "bench2.json").write_text(json.dumps(bench))
-    proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "bench", "--run", str(tmp_path / "run"), "--config",
-                           str(tmp_path / "bench2.json"), "--seeds", "2", "--no-progress"],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_tiny_run(tmp_path, "bench", bench, "bench2", "--seeds", "2")
     res = json.loads((tmp_path / "run" / "bench" / "mt10.json").read_text())
     check_bench_results(res)
     rows = {r["name"]: r for r in res["rows"]}
@@ -238,10 +241,7 @@ def test_tiny_robustness_table_on_a_tiny_run(tiny_run):
     assert ab.returncode == 0, ab.stderr[-3000:]
     cfg = {"budgets": [0.5], "perturbations": ["image-noise-high", "paraphrase-1"], "bootstrap_samples": 50,
            "variants": ["consistency"], "eval": {"episodes_per_task": 2, "max_steps": 6, "workers": 1, "trace": True}}
-    (tmp_path / "robust.json").write_text(json.dumps(cfg))
-    proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "robustness", "--run", str(tmp_path / "run"), "--config",
-                           str(tmp_path / "robust.json"), "--no-progress"], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_tiny_run(tmp_path, "robustness", cfg, "robust")
     out = tmp_path / "run" / "robustness"
     res = json.loads((out / "robustness.json").read_text())
     names = {"teacher", "actdistill-rho0.5", "static-prune-rho0.5", "router-kd-rho0.5", "actdistill+consistency-rho0.5"}
@@ -331,10 +331,7 @@ def test_tiny_mt50_bench_reports_difficulty_groups_and_paraphrases(tmp_path):
     bench = {"actdistill_budgets": [0.5], "baseline_budgets": [0.5], "baselines": ["static-prune-distill", "early-exit"],
              "paraphrase_episodes_per_task": 1, "eval": {"episodes_per_task": 1, "max_steps": 6, "workers": 1},
              "latency_repeats": 2, "latency_frames": 2, "bootstrap_samples": 20}
-    (tmp_path / "bench.json").write_text(json.dumps(bench))
-    proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "bench", "--run", str(tmp_path / "run"), "--config",
-                           str(tmp_path / "bench.json"), "--no-progress"], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_on_tiny_run(tmp_path, "bench", bench, "bench")
     out = tmp_path / "run" / "bench"
     res = json.loads((out / "mt50.json").read_text())
     check_bench_results(res)
