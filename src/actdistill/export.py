@@ -191,8 +191,9 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
     if cfg.calibrate:
         from actdistill.sim import suite_for
 
-        tasks = tuple(dist_cfg["tasks"])  # calibrated on the tasks it was distilled on, in their suite
-        sim = SimConfig(tasks=tasks, camera=sim.camera, image_size=student.image_size, suite=suite_for(tasks).key)
+        tasks = tuple(dist_cfg["tasks"])  # calibrated on the tasks it was distilled on, in the caller's suite if it has them
+        sim = SimConfig(tasks=tasks, camera=sim.camera, image_size=student.image_size,
+                        suite=suite_for(tasks, prefer=sim.suite).key)
         from actdistill.distill.consistency import view_rewordings
         from actdistill.distill.stage import distill_loss
 

@@ -90,6 +90,11 @@ def evaluate_stage(spec_path: Path, weights_hash: str, eval_cfg: EvalConfig, sim
     return summary
 
 
+def results_file(suite_key: str) -> str:
+    """The results file name of `run` and `bench` for a suite: mt10.json, mt50.json."""
+    return f"{suite_key}.json"
+
+
 def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     from actdistill.collect import collect
     from actdistill.data.hdf5 import read_demos
@@ -158,7 +163,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
 
     cost = measure_cost(teacher_dir, export_dir, data_path)
     results = run_results(cfg, st, ev_t["row"], ev_s["row"], cost, content)
-    results_path = out / f"{cfg.collect.sim.suite}.json"  # mt10.json, mt50.json (bench.run.results_file)
+    results_path = out / results_file(cfg.collect.sim.suite)
     atomic_write_json(results_path, results)
     return {"stages": st.rows, "rows": results["rows"], "results": str(results_path), "cost": cost,
             "layer_usage": layer_usage_report(ev_s["row"], out / f"eval-{name}"),

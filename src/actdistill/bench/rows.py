@@ -23,12 +23,12 @@ from actdistill.bench.flops import train_step_flops
 from actdistill.config import BenchConfig, RunConfig, TeacherConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, RESULTS_FILE
 from actdistill.data.dataset import FrameDataset
-from actdistill.errors import ConfigError
 from actdistill.data.hdf5 import read_demos
 from actdistill.distill.consistency import view_rewordings
 from actdistill.distill.routing import RoutedStudent
 from actdistill.distill.stage import distill_loss, initial_streams, run_distill
 from actdistill.early_exit import EarlyExitPolicy, choose_exit_threshold, save_early_exit
+from actdistill.errors import ConfigError
 from actdistill.export import export_inputs, run_export, save_student, training_placements
 from actdistill.models.vla import ReferenceVLA
 from actdistill.pipeline import StageRunner, evaluate_stage

@@ -21,6 +21,7 @@ import torch
 from actdistill.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, save_figure
 from actdistill.config import BenchConfig, RunConfig
 from actdistill.evaluate import paired_bootstrap
+from actdistill.pipeline import results_file
 from actdistill.provenance import check_provenance, provenance
 from actdistill.sim import get_suite
 
@@ -32,11 +33,6 @@ ROW_FIELDS = ("name", "success_mean", "success_ci95", "success_per_task", "succe
 
 
 _TOL = 1e-9  # interval ends and means are computed in different summation orders
-
-
-def results_file(suite_key: str) -> str:
-    """The results file name of `bench` and `run` for a suite: mt10.json, mt50.json."""
-    return f"{suite_key}.json"
 
 
 # written by every bench since the validation split and the difficulty groups existed (earlier files lack them)

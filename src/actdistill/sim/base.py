@@ -88,9 +88,10 @@ def get_suite(key: str) -> Suite:
     return SUITES[key]
 
 
-def suite_for(tasks: tuple[str, ...]) -> Suite:
-    """The registered suite that holds every one of `tasks` (the default suite first, then in registration order)."""
-    order = [SUITES[DEFAULT_SUITE], *(s for k, s in SUITES.items() if k != DEFAULT_SUITE)]
+def suite_for(tasks: tuple[str, ...], prefer: str = DEFAULT_SUITE) -> Suite:
+    """The registered suite that holds every one of `tasks`: `prefer` when it does (MT10's tasks are MT50's too), then
+    the others in registration order."""
+    order = [get_suite(prefer), *(s for k, s in SUITES.items() if k != prefer)]
     for suite in order:
         if all(t in suite.tasks for t in tasks):
             return suite
@@ -127,20 +128,21 @@ def instruction_for(task: str, paraphrase: int = -1) -> str:
 # demonstrations [0, 1e7), test [1e7, 1.1e8), validation [2e8, 3e8)
 PLACEMENT_BASES = {"demo": 0, "eval": 10_000_000, "val": 200_000_000}
 SEED_LIMITS = {"demo": 100, "eval": 1000, "val": 1000}
+PER_SEED = 100_000  # placements per seed of a range
 
 
 def placement_seeds(kind: str, seed: int, count: int) -> list[int]:
     """Placement seeds: demonstrations, test ("eval", the reported numbers) and validation ("val", every choice
     made from rollouts) draw from disjoint ranges."""
     base = PLACEMENT_BASES[kind]
-    if not 0 <= seed < SEED_LIMITS[kind] or not 0 <= count <= 100_000:
+    if not 0 <= seed < SEED_LIMITS[kind] or not 0 <= count <= PER_SEED:
         raise ConfigError(f"Placement seed {seed} (or count {count}) is outside the {kind!r} range.")
-    return [base + seed * 100_000 + i for i in range(count)]
+    return [base + seed * PER_SEED + i for i in range(count)]
 
 
 def placement_kind(placement: int) -> str:
     """Which range a placement seed lies in: "demo", "eval" (test) or "val"; "other" outside all three."""
     for kind, base in PLACEMENT_BASES.items():
-        if base <= placement < base + SEED_LIMITS[kind] * 100_000:
+        if base <= placement < base + SEED_LIMITS[kind] * PER_SEED:
             return kind
     return "other"
