@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from actdistill.early_exit import EarlyExitPolicy, choose_exit_threshold
-from actdistill.bench.baselines import (layer_input_similarity, router_kd_loss,
-                                        static_prune_student, task_loss)
+from actdistill.bench.baselines import layer_input_similarity, static_prune_student, task_loss
 from actdistill.config import DistillConfig
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
+from actdistill.distill.stage import final_action_loss
 from actdistill.probe.graph import LayerProbes
 from actdistill.teacher import load_teacher
 from tests.conftest import TINY_TASKS
@@ -34,13 +34,14 @@ def test_static_prune_runs_the_least_input_preserving_layers(setup):
     assert all(p.grad is None for p in student.router.parameters())  # the choice is fixed
 
 
-def test_router_kd_loss_has_no_graph_parts_and_reaches_the_router(setup):
+def test_final_action_loss_has_no_graph_parts_and_reaches_the_router(setup):
+    """The router-KD baseline's objective (and settling's with settle_loss='final')."""
     teacher, data = setup
     from actdistill.distill.routing import RoutedStudent
 
     student = RoutedStudent.from_teacher(teacher, None, router_dim=8)
     batch = data.batch(torch.arange(8))
-    loss, logs = router_kd_loss(student, teacher, batch, DistillConfig(rho=0.5, lambda_bud=10.0))
+    loss, logs = final_action_loss(student, teacher, batch, DistillConfig(rho=0.5, lambda_bud=10.0))
     loss.backward()
     assert student.probes is None and student.router.gate.weight.grad.abs().sum() > 0
     assert {"task", "kd", "keep"} <= set(logs)

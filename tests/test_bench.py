@@ -136,6 +136,12 @@ def test_any_ablation_variant_can_be_settled():
     assert rc.export.settle_steps > 0 and variant_configs("hybrid", rc, 0.3)[2].settle_steps == 0
     with pytest.raises(ConfigError, match="Unknown ablation variant 'hybrid\\+settle\\+settle'"):
         variant_configs("hybrid+settle+settle", rc, 0.3)
+    # '+settle-final' settles on the task loss and the teacher's final action; '+settle' on the distillation's own
+    kind, d, x = variant_configs("full+settle-final", rc, 0.3)
+    assert (kind, d, x.settle_steps, x.settle_loss) == ("actdistill", variant_configs("full", rc, 0.3)[1], SETTLE_STEPS, "final")
+    assert variant_configs("full+settle", rc, 0.3)[2].settle_loss == "distill"
+    # the default settling objective leaves earlier export fingerprints unchanged
+    assert "settle_loss" not in rc.export.to_dict() and "settle_loss" in x.to_dict()
 
 
 def test_pooled_rows_report_success_and_layer_use_per_difficulty_group():

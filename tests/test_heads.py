@@ -122,8 +122,8 @@ def test_a_checkpoint_of_another_head_family_is_refused_in_one_sentence(diffusio
     assert "'diffusion' action head" in msg and "'discrete'" in msg and msg.count(". ") == 0
 
 
-def test_router_kd_needs_a_regression_head():
-    from actdistill.bench.baselines import router_kd_loss
+def test_final_action_distillation_needs_a_regression_head():
+    from actdistill.distill.stage import final_action_loss
     from actdistill.config import DistillConfig
     from actdistill.distill.routing import RoutedStudent
 
@@ -131,7 +131,7 @@ def test_router_kd_needs_a_regression_head():
     teacher = ReferenceVLA(cfg)
     student = RoutedStudent.from_teacher(teacher, None, router_dim=8)
     with pytest.raises(ValueError, match="regression head"):
-        router_kd_loss(student, teacher, _labelled(cfg), DistillConfig())
+        final_action_loss(student, teacher, _labelled(cfg), DistillConfig())
 
 
 @pytest.mark.parametrize("family", ["regression", "diffusion", "discrete"])

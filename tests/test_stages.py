@@ -104,14 +104,19 @@ def test_export_calibrates_to_the_budget(distilled, tiny_demos, tmp_path):
     assert float(student.router.gate_bias[0]) == pytest.approx(s["gate_shift"])
 
 
-def test_settling_trains_the_calibrated_masks_and_keeps_them(distilled, probed, tiny_teacher, tiny_demos, tmp_path):
+@pytest.mark.parametrize("objective", ["distill", "final"])
+def test_settling_trains_the_calibrated_masks_and_keeps_them(objective, distilled, probed, tiny_teacher, tiny_demos,
+                                                             tmp_path):
     out, _ = distilled
     sim = SimConfig(tasks=TINY_TASKS, image_size=32)
-    cfg = ExportConfig(calib_episodes_per_task=2, calib_rounds=2, max_steps=12, settle_steps=4)
+    cfg = ExportConfig(calib_episodes_per_task=2, calib_rounds=2, max_steps=12, settle_steps=4, settle_loss=objective)
     with pytest.raises(ConfigError, match="give the teacher and probe folders"):
         run_export(cfg, out, tiny_demos, tmp_path / "refused", sim, progress=False)
     s = run_export(cfg, out, tiny_demos, tmp_path / "x", sim, progress=False, teacher_dir=tiny_teacher, probe_dir=probed[0])
     assert s["settle"]["steps"] == 4 and [h["phase"] for h in s["calibration"]][-1] == "settled"
+    # the objective settling trained with: the distillation's streams, or the teacher's final action
+    logged = json.loads((tmp_path / "x" / "settle" / "train_log.jsonl").read_text().splitlines()[-1])
+    assert ("kd" in logged) == (objective == "final") and ("sem" in logged) == (objective == "distill")
     settled = load_student(tmp_path / "x")
     reference, _, _ = _student_from_distill(out)
     reference.router.gate_bias.copy_(settled.router.gate_bias)  # the calibrated shift, before settling

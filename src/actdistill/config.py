@@ -353,6 +353,7 @@ class DistillConfig(_Base):
                f"DistillConfig.stream_norm must be one of {', '.join(STREAM_NORMS)}, got {self.stream_norm!r}.")
 
 
+SETTLE_LOSSES = ("distill", "final")
 DEFAULT_SETTLE_STEPS = 300  # distillation steps under the calibrated masks after calibration (ExportConfig)
 
 
@@ -368,16 +369,22 @@ class ExportConfig(_Base):
     # after calibration, continue distilling with the calibrated masks (router frozen): on by default since the
     # rho-0.3 and rho-0.5 ablations on validation placements (README "Low budgets"); 0 turns it off
     settle_steps: int = DEFAULT_SETTLE_STEPS
+    # what settling trains: "distill" continues the distillation's own objective (both streams); "final" trains on
+    # the task loss plus distillation from the teacher's final action only (the per-layer targets assume the
+    # teacher's depth, which a student with most layers skipped cannot follow)
+    settle_loss: str = "distill"
     # gate snapping: after the first calibration round, a layer on in >= 1 - snap of the closed-loop steps runs for
     # every input and one on in <= snap for none (0 = off); the shift is then chosen for the remaining gates
     snap: float = 0.0
 
-    _LATER_FIELDS = ("settle_steps", "snap")
+    _LATER_FIELDS = ("settle_steps", "snap", "settle_loss")
     _EARLIER_VALUES = {"settle_steps": 0}  # exports made before settling was the default did not settle
 
     def __post_init__(self) -> None:
         _positive(self, "calib_episodes_per_task", "calib_rounds", "max_steps")
         _check(self.settle_steps >= 0, "ExportConfig.settle_steps must be >= 0.")
+        _check(self.settle_loss in SETTLE_LOSSES,
+               f"ExportConfig.settle_loss must be one of {', '.join(SETTLE_LOSSES)}, got {self.settle_loss!r}.")
         _check(0 <= self.snap < 0.5, f"ExportConfig.snap must be in [0, 0.5), got {self.snap}.")
         _check(self.snap == 0 or (self.calibrate and self.calib_rounds >= 2),
                "ExportConfig.snap needs calibration with at least 2 rounds (the snapped student is measured again).")

@@ -195,18 +195,21 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
         sim = SimConfig(tasks=tasks, camera=sim.camera, image_size=student.image_size,
                         suite=suite_for(tasks, prefer=sim.suite).key)
         from actdistill.distill.consistency import view_rewordings
-        from actdistill.distill.stage import distill_loss
+        from actdistill.distill.stage import distill_loss, final_action_loss
 
         dcfg = DistillConfig.from_dict(dist_cfg["distill"])
-        rewordings = view_rewordings(dcfg, data.task_names) if settling else None
-        initial = dheader.get("summary", {}).get("initial_streams")  # stream_norm="initial": the distillation's scales
-        initial = torch.tensor(initial) if initial is not None else None
-        history, extra = calibrate_and_settle(student, rho, cfg, sim, training_placements(dataset_path),
-                                              lambda m, b, s: distill_loss(m, b, cache, dcfg, soft=False,
-                                                                           initial=initial, step=s,
-                                                                           rewordings=rewordings),
-                                              data, dcfg.train,
-                                              out_dir, {"student": dheader["weights_hash"]}, progress)
+        if cfg.settle_loss == "final":
+            def loss_fn(m, b, s):
+                return final_action_loss(m, teacher, b, dcfg)
+        else:
+            rewordings = view_rewordings(dcfg, data.task_names) if settling else None
+            initial = dheader.get("summary", {}).get("initial_streams")  # stream_norm="initial": the distillation's scales
+            initial = torch.tensor(initial) if initial is not None else None
+
+            def loss_fn(m, b, s):
+                return distill_loss(m, b, cache, dcfg, soft=False, initial=initial, step=s, rewordings=rewordings)
+        history, extra = calibrate_and_settle(student, rho, cfg, sim, training_placements(dataset_path), loss_fn, data,
+                                              dcfg.train, out_dir, {"student": dheader["weights_hash"]}, progress)
     student.strip_probes()
     summary = save_student(student, out_dir, dist_cfg["model"], dist_cfg["distill"]["router_dim"], rho, dist_cfg["tasks"],
                            cfg.to_dict(), export_inputs(cfg, dheader["weights_hash"], cache and cache.fingerprint),

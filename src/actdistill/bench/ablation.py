@@ -50,19 +50,23 @@ VARIANTS: dict[str, dict] = {
     # gates on (off) in >= 85% of closed-loop calibration steps fixed on (off) for every input (export.py snap_gates)
     "snap": {"export.snap": 0.15, "export.calib_rounds": 3},
 }
-# any variant + SETTLE: the same student, then distillation continued under its calibrated masks
-# (export.settle_steps); a variant without the suffix is not settled, whatever the run's default
-SETTLE = "+settle"
+# any variant + a SETTLE suffix: the same student, then distillation continued under its calibrated masks
+# (export.settle_steps), with the distillation's own objective (+settle) or with the task loss and the teacher's
+# final action only (+settle-final, export.settle_loss); a variant without a suffix is not settled, whatever the
+# run's default
 SETTLE_STEPS = DEFAULT_SETTLE_STEPS
+SETTLE_SUFFIXES = {"+settle": {"export.settle_steps": SETTLE_STEPS},
+                   "+settle-final": {"export.settle_steps": SETTLE_STEPS, "export.settle_loss": "final"}}
 
 
 def variant_spec(name: str) -> dict:
-    """The overrides of variant `name` (a VARIANTS entry, or one followed by '+settle')."""
-    base = name[:-len(SETTLE)] if name.endswith(SETTLE) else name
+    """The overrides of variant `name` (a VARIANTS entry, or one followed by a SETTLE_SUFFIXES key)."""
+    suffix = next((x for x in SETTLE_SUFFIXES if name.endswith(x)), None)
+    base = name[:-len(suffix)] if suffix else name
     if base not in VARIANTS:
         raise ConfigError(f"Unknown ablation variant {name!r}; choose from {', '.join(VARIANTS)}, each optionally "
-                          f"followed by '{SETTLE}'.")
-    return {**VARIANTS[base], "export.settle_steps": SETTLE_STEPS if base != name else 0}
+                          f"followed by {' or '.join(repr(x) for x in SETTLE_SUFFIXES)}.")
+    return {**VARIANTS[base], **SETTLE_SUFFIXES.get(suffix, {"export.settle_steps": 0})}
 
 
 def variant_configs(name: str, rc: RunConfig, rho: float) -> tuple[str, DistillConfig, ExportConfig]:

@@ -24,7 +24,7 @@ from actdistill.config import DistillConfig, ExportConfig, SimConfig
 from actdistill.distill.losses import routed_gate_losses
 from actdistill.distill.similarity import layer_input_similarity  # noqa: F401 - part of this module's API
 from actdistill.distill.routing import RoutedStudent
-from actdistill.distill.stage import hybrid_layers, routing_options
+from actdistill.distill.stage import final_action_loss, hybrid_layers, routing_options
 from actdistill.export import calibrate_and_settle, save_student
 from actdistill.models.vla import ReferenceVLA, action_loss
 from actdistill.training import train_loop, unwrap
@@ -53,26 +53,6 @@ def task_loss(model: RoutedStudent, batch: dict) -> tuple[torch.Tensor, dict]:
     return loss, {"loss": loss.item()}
 
 
-def router_kd_loss(model: RoutedStudent, teacher: ReferenceVLA, batch: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
-    """Task loss + distillation from the teacher's final action only (+ the same gate terms as ActDistill)."""
-    student = unwrap(model)
-    if student.vla.config.action_head != "regression":
-        raise ValueError(f"The router-KD baseline distils the teacher's continuous action output, which needs a regression "
-                         f"head; this student has a {student.vla.config.action_head!r} head.")
-    out = model(batch)
-    with torch.no_grad():
-        target = teacher.predict(batch)
-    pad = batch.get(ACTION_PAD)
-    l_task = action_loss(out["action"], batch[ACTION], pad)
-    l_kd = action_loss(out["action"], target, pad)
-    g = out["gates"]
-    gl = routed_gate_losses(g, out["routed"], student.tau, cfg.rho, cfg.budget_on, student.gating)
-    loss = (l_task + cfg.beta * l_kd + cfg.lambda_bal * gl["bal"] + cfg.lambda_bud * gl["bud"]
-            + cfg.lambda_pol * gl["pol"])
-    return loss, {"loss": loss.item(), "task": l_task.item(), "kd": l_kd.item(),
-                  "keep": (out["masks"].detach() >= 0.5).float().mean().item()}
-
-
 def train_router_kd(teacher: ReferenceVLA, teacher_hash: str, data, dcfg: DistillConfig, export_cfg: ExportConfig,
                     sim: SimConfig, seeds: dict[str, list[int]], folder: Path, key: dict, progress: bool = True) -> dict:
     """The router-KD baseline, trained, calibrated (and settled) like the ActDistill student, saved as a routed student.
@@ -86,13 +66,13 @@ def train_router_kd(teacher: ReferenceVLA, teacher_hash: str, data, dcfg: Distil
                                          init_bias=dcfg.router_init_bias, **routing_options(dcfg, always))
     rest = [p for n, p in student.named_parameters() if not n.startswith("router.")]
     train_loop(model=student, dataset=data, cfg=dcfg.train, out_dir=folder, stage="router-kd",
-               loss_fn=lambda m, b, s: router_kd_loss(m, teacher, b, dcfg),
+               loss_fn=lambda m, b, s: final_action_loss(m, teacher, b, dcfg),
                params=rest, extra_groups=[(list(student.router.parameters()), dcfg.router_lr_scale)],
                identity={"key": key, "teacher": teacher_hash}, progress=progress)
     student.finish_training().eval()
     # the same calibration and settling as the ActDistill student, with this baseline's own loss
     history, extra = calibrate_and_settle(
-        student, dcfg.rho, export_cfg, sim, seeds, lambda m, b, s: router_kd_loss(m, teacher, b, dcfg), data,
+        student, dcfg.rho, export_cfg, sim, seeds, lambda m, b, s: final_action_loss(m, teacher, b, dcfg), data,
         dcfg.train, folder, {"key": key, "teacher": teacher_hash}, progress) if export_cfg.calibrate else ([], {})
     return {**save_student(student, folder, teacher.config.to_dict(), dcfg.router_dim, dcfg.rho, list(data.task_names), key,
                            {"teacher": teacher_hash}, {"calibration": history, **extra}),

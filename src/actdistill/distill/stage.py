@@ -22,6 +22,7 @@ from actdistill.distill.losses import (action_stream_loss, layer_weights, normal
                                        semantic_loss)
 from actdistill.distill.similarity import layer_input_similarity
 from actdistill.distill.routing import RoutedStudent
+from actdistill.models.heads import action_loss
 from actdistill.probe.stage import load_probe_artifact
 from actdistill.teacher import load_teacher
 from actdistill.training import distributed_summary, main_process_writes, train_loop, unwrap
@@ -54,6 +55,27 @@ def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, s
             **{k: v.item() for k, v in {**gl, **cons}.items()}, "keep": on.float().mean().item(), "g": g.mean().item(),
             "gate_on_per_layer": [round(v, 3) for v in on.float().mean(0).tolist()]}
     return loss, logs
+
+
+def final_action_loss(model: RoutedStudent, teacher, batch: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
+    """Task loss + distillation from the teacher's final action only (+ the same gate terms as ActDistill): the
+    router-KD baseline's objective, and settling's with `export.settle_loss="final"`. `teacher` is any contract
+    model with a continuous action output (`predict`)."""
+    student = unwrap(model)
+    if student.vla.config.action_head != "regression":
+        raise ValueError(f"Distillation from the teacher's final action needs a regression head (a continuous action "
+                         f"output); this student has a {student.vla.config.action_head!r} head.")
+    out = model(batch)
+    with torch.no_grad():
+        target = teacher.predict(batch)
+    pad = batch.get(ACTION_PAD)
+    l_task = action_loss(out["action"], batch[ACTION], pad)
+    l_kd = action_loss(out["action"], target, pad)
+    gl = routed_gate_losses(out["gates"], out["routed"], student.tau, cfg.rho, cfg.budget_on, student.gating)
+    loss = (l_task + cfg.beta * l_kd + cfg.lambda_bal * gl["bal"] + cfg.lambda_bud * gl["bud"]
+            + cfg.lambda_pol * gl["pol"])
+    return loss, {"loss": loss.item(), "task": l_task.item(), "kd": l_kd.item(),
+                  "keep": (out["masks"].detach() >= 0.5).float().mean().item()}
 
 
 def _streams(student: RoutedStudent, out: dict, batch: dict, cache, cfg: DistillConfig):
