@@ -75,6 +75,18 @@ def test_committed_mt10_results_validate():
     assert {r["episodes_per_task"] for r in results["rows"]} == {30}
 
 
+def test_committed_settled_bench_results_validate():
+    """Bench results committed since settling became the default (mt10_bench_*.json) pass the full schema check:
+    provenance, test split, per-seed values and per-group success."""
+    files = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results").glob("mt10_bench_*.json"))
+    assert files
+    for path in files:
+        results = json.loads(path.read_text())
+        check_bench_results(results)
+        assert results["config"]["run"]["export"]["settle_steps"] > 0 and results["split"] == "test"
+        assert {r["episodes_per_task"] for r in results["rows"]} == {30}
+
+
 def _episodes(per_task):
     return {t: list(v) for t, v in per_task.items()}
 
