@@ -19,15 +19,13 @@ from pathlib import Path
 
 import torch
 
-from actdistill.constants import ACTION, ACTION_PAD
 from actdistill.config import DistillConfig, ExportConfig, SimConfig
-from actdistill.distill.losses import routed_gate_losses
 from actdistill.distill.similarity import layer_input_similarity  # noqa: F401 - part of this module's API
 from actdistill.distill.routing import RoutedStudent
 from actdistill.distill.stage import final_action_loss, hybrid_layers, routing_options
 from actdistill.export import calibrate_and_settle, save_student
-from actdistill.models.vla import ReferenceVLA, action_loss
-from actdistill.training import train_loop, unwrap
+from actdistill.models.vla import ReferenceVLA
+from actdistill.training import train_loop
 
 
 STATIC_ROUTER_DIM = 8  # the static student's router is fixed (zero weights, +-20 biases): its width is immaterial
