@@ -227,6 +227,16 @@ def cmd_robustness(args) -> None:
     print(f"results: {Path(args.run) / 'robustness' / 'robustness.json'} (+ robustness.md, gate_flips_*.png)")
 
 
+def cmd_spread(args) -> None:
+    from actdistill.bench.spread import seed_spread, spread_table, write_spread
+
+    report = seed_spread([Path(p) for p in args.runs])
+    print(spread_table(report))
+    if args.out:
+        out = write_spread(report, Path(args.out))
+        print(f"results: {out} (+ {out.with_suffix('.md').name})")
+
+
 def cmd_plan(args) -> None:
     from actdistill.bench.plan import (add_token_embedding, dry_run, model_config_from_transformers, plan_memory, plan_table,
                                        vla_stage)
@@ -499,6 +509,14 @@ def _add_pipeline_commands(sub) -> None:
                     "`actdistill ablate` at the same budget, e.g. consistency).")
     _common(rb)
     rb.set_defaults(func=cmd_robustness)
+
+    sp = sub.add_parser("spread", help="teacher and student of runs that differ only in their seeds: per-seed success, "
+                        "spread, seed-paired student minus teacher.",
+                        description="Compare finished `actdistill run`s made with other seeds (e.g. --set "
+                        "teacher.train.seed=1 --out runs/seed-1) on their shared held-out placements.")
+    sp.add_argument("runs", nargs="+", help="run folders or their results files (mt10.json), two or more.")
+    sp.add_argument("--out", help="write the report here (a .json; the table goes beside it as .md).")
+    sp.set_defaults(func=cmd_spread, config=None, set=None, no_progress=True)
 
     pl = sub.add_parser("plan", help="per-device memory of a training stage under DDP and FSDP, and whether it fits.",
                         description="Dry-runs one training step on fake tensors (no memory, no arithmetic) and adds up what "
