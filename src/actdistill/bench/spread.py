@@ -82,8 +82,9 @@ def load_run_results(item: Path) -> tuple[str, dict]:
     return str(path), results
 
 
-def seed_spread(items: list[Path], samples: int = 2000) -> dict:
-    """The spread report of the runs at `items` (run folders or results files); see the module docstring."""
+def seed_spread(items: list[Path], samples: int = 10_000) -> dict:
+    """The spread report of the runs at `items` (run folders or results files); see the module docstring. With the
+    default `samples` each run's student minus teacher is the one `actdistill run` printed for it."""
     if len(items) < 2:
         raise ConfigError(f"A seed spread needs at least two runs, got {len(items)}.")
     runs = [load_run_results(Path(p)) for p in items]
