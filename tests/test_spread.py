@@ -99,5 +99,6 @@ def test_spread_cli_writes_the_report_and_its_table(tmp_path, capsys):
     rep = json.loads(out.read_text())
     assert rep["pooled"][1]["seed_success"] == [0.375, 0.875]
     assert "| actdistill-rho0.5 | 0.375 / 0.875 | 0.625 |" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["spread", str(a), str(b), "--out", str(tmp_path / "report.txt")]) == 2
     assert "--out names the JSON file" in capsys.readouterr().err

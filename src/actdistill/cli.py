@@ -234,7 +234,7 @@ def cmd_spread(args) -> None:
     print(spread_table(report))
     if args.out:
         out = write_spread(report, Path(args.out))
-        print(f"results: {out} (+ {out.with_suffix('.md').name})")
+        print(f"results: {out} (+ {out.with_suffix('.md').name}, {out.with_suffix('.png').name})")
 
 
 def cmd_plan(args) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from actdistill.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, read_json
+from actdistill.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, read_json, save_figure
 from actdistill.bench.run import pool_seeds, seed_paired_difference
 from actdistill.errors import ConfigError
 from actdistill.evaluate import paired_bootstrap
@@ -159,12 +159,42 @@ def spread_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def spread_plot(report: dict, path: Path) -> None:
+    """Teacher and student of each run joined by a line (a falling line: the student lost to its own teacher),
+    with each policy's mean over the runs and its pooled 95% CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.0, 3.5))
+    for r in report["runs"]:
+        label = ", ".join(f"{k.rsplit('.', 2)[0]} seed {v}" for k, v in r["seeds"].items())
+        ax.plot([0, 1], [r["teacher"], r["student"]], marker="o", alpha=0.7, label=label)
+    for x, p in enumerate(report["pooled"]):
+        mean = float(np.mean(p["seed_success"]))
+        lo, hi = p["success_ci95"]
+        ax.errorbar([x + 0.08], [mean], yerr=[[mean - lo], [hi - mean]], fmt="s", color="black", capsize=3,
+                    label="mean, pooled 95% CI" if x == 0 else None)
+    names = [p["name"] for p in report["pooled"]]
+    ax.set_xticks([0, 1], names)
+    ax.set_xlim(-0.3, 1.4)
+    ax.set_ylabel("success")
+    ax.set_title(f"{report['benchmark']}, {report['episodes_per_task']} episodes per task", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
 def write_spread(report: dict, out: Path) -> Path:
-    """`out` (.json) and the table beside it (.md)."""
+    """`out` (.json), the table beside it (.md) and the plot (.png)."""
     out = Path(out)
     if out.suffix != ".json":
         raise ConfigError(f"--out names the JSON file of the report (e.g. mt10_run_seeds.json), got {out}.")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, report)
     atomic_write_bytes(out.with_suffix(".md"), spread_table(report).encode())
+    spread_plot(report, out.with_suffix(".png"))
     return out
