@@ -102,3 +102,21 @@ def test_spread_cli_writes_the_report_and_its_table(tmp_path, capsys):
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["spread", str(a), str(b), "--out", str(tmp_path / "report.txt")]) == 2
     assert "--out names the JSON file" in capsys.readouterr().err
+
+
+def test_committed_seed_spread_is_what_its_runs_give():
+    """benchmarks/results/mt10_run_seeds.json is recomputed from the committed run files it names."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    committed = json.loads((root / "benchmarks" / "results" / "mt10_run_seeds.json").read_text())
+    runs = [root / r["results"] for r in committed["runs"]]
+    assert len(runs) >= 3  # the issue asks for at least three teacher seeds of the default run
+    rep = json.loads(json.dumps(seed_spread(runs)))  # tuples as lists, like the file
+    assert [Path(r["results"]).name for r in rep["runs"]] == [Path(r["results"]).name for r in committed["runs"]]
+    for run in rep["runs"] + committed["runs"]:
+        run.pop("results")  # a path: absolute here, relative to the repository in the file
+    for key in ("runs", "pooled", "student_minus_teacher", "student_minus_teacher_per_seed", "core_target_met",
+                "dataset_content_hash", "config"):
+        assert rep[key] == committed[key], key
+    check_provenance(committed["provenance"], str(root / "benchmarks" / "results" / "mt10_run_seeds.json"))
