@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,8 +107,6 @@ def test_spread_cli_writes_the_report_and_its_table(tmp_path, capsys):
 
 def test_committed_seed_spread_is_what_its_runs_give():
     """benchmarks/results/mt10_run_seeds.json is recomputed from the committed run files it names."""
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     committed = json.loads((root / "benchmarks" / "results" / "mt10_run_seeds.json").read_text())
     runs = [root / r["results"] for r in committed["runs"]]

@@ -515,7 +515,7 @@ def _add_pipeline_commands(sub) -> None:
                         description="Compare finished `actdistill run`s made with other seeds (e.g. --set "
                         "teacher.train.seed=1 --out runs/seed-1) on their shared held-out placements.")
     sp.add_argument("runs", nargs="+", help="run folders or their results files (mt10.json), two or more.")
-    sp.add_argument("--out", help="write the report here (a .json; the table goes beside it as .md).")
+    sp.add_argument("--out", help="write the report here (a .json; the table and the plot go beside it as .md and .png).")
     sp.set_defaults(func=cmd_spread, config=None, set=None, no_progress=True)
 
     pl = sub.add_parser("plan", help="per-device memory of a training stage under DDP and FSDP, and whether it fits.",

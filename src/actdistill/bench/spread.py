@@ -64,7 +64,7 @@ def _seeds(config: dict) -> dict[str, Any]:
 
 
 def load_run_results(item: Path) -> tuple[str, dict]:
-    """A run folder (its `<suite>.json`, found by its config's suite) or a results file; one sentence if neither."""
+    """A run folder (the one `mt*.json` at its top level) or a results file; one sentence if neither."""
     path = item
     if item.is_dir():  # a run writes one results file at its top level, named after its suite
         found = sorted(item.glob("mt*.json"))
