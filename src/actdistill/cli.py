@@ -527,18 +527,8 @@ def _add_pipeline_commands(sub) -> None:
     sp.add_argument("runs", nargs="+", help="run folders or their results files (mt10.json), two or more.")
     sp.add_argument("--out", help="write the report here (a .json; the table and the plot go beside it as .md and .png).")
     sp.set_defaults(func=cmd_spread, config=None, set=None, no_progress=True)
+    _add_compare_command(sub)
 
-    cp = sub.add_parser("compare", help="policies evaluated on the same placements: success per difficulty group and "
-                        "paired differences to the first.",
-                        description="Reads the folders `actdistill evaluate --out` wrote (same tasks, same placements) "
-                        "and prints each policy's success overall and per difficulty group, then every policy minus the "
-                        "first as a paired bootstrap (overall, per group, per task in the .json).")
-    cp.add_argument("evaluations", nargs="+", help="evaluation folders or their results.json, two or more; the first "
-                    "is the reference.")
-    cp.add_argument("--names", nargs="+", help="a name per evaluation (default: the names they were evaluated under, "
-                    "or their folder names).")
-    cp.add_argument("--out", help="write the report here (a .json; the table goes beside it as .md).")
-    cp.set_defaults(func=cmd_compare, config=None, set=None, no_progress=True)
 
     pl = sub.add_parser("plan", help="per-device memory of a training stage under DDP and FSDP, and whether it fits.",
                         description="Dry-runs one training step on fake tensors (no memory, no arithmetic) and adds up what "
@@ -562,6 +552,20 @@ def _add_pipeline_commands(sub) -> None:
     r.add_argument("--out", help="output folder (default runs/default, or runs/quick with --quick).")
     _common(r)
     r.set_defaults(func=cmd_run)
+
+
+def _add_compare_command(sub) -> None:
+    cp = sub.add_parser("compare", help="policies evaluated on the same placements: success per difficulty group and "
+                        "paired differences to the first.",
+                        description="Reads the folders `actdistill evaluate --out` wrote (same tasks, same placements) "
+                        "and prints each policy's success overall and per difficulty group, then every policy minus the "
+                        "first as a paired bootstrap (overall, per group, per task in the .json).")
+    cp.add_argument("evaluations", nargs="+", help="evaluation folders or their results.json, two or more; the first "
+                    "is the reference.")
+    cp.add_argument("--names", nargs="+", help="a name per evaluation (default: the names they were evaluated under, "
+                    "or their folder names).")
+    cp.add_argument("--out", help="write the report here (a .json; the table goes beside it as .md).")
+    cp.set_defaults(func=cmd_compare, config=None, set=None, no_progress=True)
 
 
 if __name__ == "__main__":
