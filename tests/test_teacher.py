@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,3 +64,40 @@ def test_a_folder_of_another_stage_is_refused(tiny_demos, tmp_path):
         load_teacher(tiny_demos.parent)
     with pytest.raises(ArtifactError, match="not a policy"):
         load_policy(tiny_demos.parent)
+
+
+def test_weight_average_is_written_resumes_and_leaves_the_training_unchanged(tiny_demos, tmp_path):
+    import dataclasses
+
+    plain = tiny_teacher_config(steps=20)
+    averaged = dataclasses.replace(plain, train=dataclasses.replace(plain.train, ema_decay=0.9))
+    train_teacher(plain, tiny_demos, tmp_path / "plain", progress=False)
+    train_teacher(averaged, tiny_demos, tmp_path / "ema", progress=False, stop_after=19)  # checkpoint at step 19
+
+    def last_checkpoint(name: str) -> Path:
+        ckpt = tmp_path / name / "ckpt"
+        return ckpt / json.loads((ckpt / "latest.json").read_text())["folder"]
+
+    before = load_tensors(last_checkpoint("ema") / "ema.safetensors", "average at step 19")
+    s = train_teacher(averaged, tiny_demos, tmp_path / "ema", progress=False)
+    assert s["resumed_from"] == 19
+    raw = load_tensors(last_checkpoint("ema") / "model.safetensors", "raw weights at step 20")
+    written = load_tensors(tmp_path / "ema" / "model.safetensors", "written weights")
+    trained = load_tensors(tmp_path / "plain" / "model.safetensors", "weights without an average")
+    assert all(torch.equal(trained[k], raw[k]) for k in trained)  # the average never feeds back into the training
+    floats = [k for k in raw if raw[k].is_floating_point()]
+    for k in floats:  # one more average step from the resumed state: 0.9 * average(19) + 0.1 * weights(20)
+        torch.testing.assert_close(written[k], 0.9 * before[f"module.{k}"] + 0.1 * raw[k], rtol=0, atol=1e-6)
+    assert any(not torch.equal(written[k], raw[k]) for k in floats)
+    model, info = load_teacher(tmp_path / "ema")  # the written teacher loads like any other
+    assert info["config"].train.ema_decay == 0.9
+
+
+def test_weight_average_settings_are_checked():
+    from actdistill.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"ema_decay must be in \[0, 1\)"):
+        TrainConfig(ema_decay=1.0)
+    with pytest.raises(ConfigError, match="cannot be combined with train.sharding=fsdp"):
+        TrainConfig(ema_decay=0.999, sharding="fsdp")
+    assert "ema_decay" not in TrainConfig().to_dict()  # off: earlier config hashes stay valid

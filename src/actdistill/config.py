@@ -241,14 +241,20 @@ class TrainConfig(_Base):
     sharding: str = "none"
     mixed_precision: str = "no"  # "bf16": compute in bfloat16 (weights, gradients reduced and optimizer in fp32)
     activation_checkpointing: bool = False  # recompute each decoder layer's activations in the backward pass
+    # > 0: the written weights are an exponential moving average of the trained ones (torch.optim.swa_utils,
+    # decay per step, e.g. 0.999); the training itself is unchanged (the final checkpoint keeps the raw weights)
+    ema_decay: float = 0.0
 
-    _LATER_FIELDS = ("sharding", "mixed_precision", "activation_checkpointing")
+    _LATER_FIELDS = ("sharding", "mixed_precision", "activation_checkpointing", "ema_decay")
 
     def __post_init__(self) -> None:
         _check(self.sharding in SHARDINGS, f"TrainConfig.sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}.")
         _check(self.mixed_precision in PRECISIONS,
                f"TrainConfig.mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}.")
         _positive(self, "steps", "batch_size", "lr", "checkpoint_every", "grad_clip")
+        _check(0.0 <= self.ema_decay < 1.0, f"TrainConfig.ema_decay must be in [0, 1) (0: no average), got {self.ema_decay}.")
+        _check(not (self.ema_decay and self.sharding == "fsdp"),
+               "TrainConfig.ema_decay cannot be combined with train.sharding=fsdp (the average would need sharding too).")
         _check(self.weight_decay >= 0, "TrainConfig.weight_decay must be >= 0.")
         _check(self.warmup_steps >= 0, "TrainConfig.warmup_steps must be >= 0.")
         _check(self.shift_augment >= 0, "TrainConfig.shift_augment must be >= 0.")

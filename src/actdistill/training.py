@@ -38,6 +38,7 @@ from actdistill.sharding import (consolidate, grad_norm_value, load_sharded, sav
 
 
 LATEST_FILE = "latest.json"
+EMA_FILE = "ema.safetensors"  # in a checkpoint folder: the weight average (train.ema_decay > 0)
 
 
 class TrainingDiverged(RuntimeError):
@@ -183,6 +184,9 @@ def train_loop(
                               mixed_precision="bf16" if cfg.mixed_precision == "bf16" else "no",
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     sharded = check_engine(accelerator.distributed_type, stage, cfg.sharding, accelerator.num_processes)
+    if sharded and cfg.ema_decay:
+        raise ConfigError(f"{stage}: train.ema_decay cannot be combined with FSDP sharding (the average would need "
+                          "sharding too); set train.ema_decay=0.")
     set_seed(cfg.seed)
     loss_fn = loss_fn or (lambda m, b, s: m(b))
     set_activation_checkpointing(model, cfg.activation_checkpointing)
@@ -205,9 +209,11 @@ def train_loop(
     identity_hash = hash_json({"stage": stage, "train": cfg.to_dict(), **(identity or {})})
     layout = {"sharded": sharded, "processes": accelerator.num_processes} if sharded else {}
 
+    ema = weight_average(model, cfg.ema_decay)
     start = 0
     if (ckpt_dir / LATEST_FILE).is_file():
-        start = _load_checkpoint(ckpt_dir, stage, identity_hash, model, opt, sched, layout, accelerator.process_index)
+        start = _load_checkpoint(ckpt_dir, stage, identity_hash, model, opt, sched, layout, accelerator.process_index, ema)
+    raw = model  # the module itself (prepare may wrap it; the parameters stay these)
 
     if not sharded:
         model, opt = accelerator.prepare(model, opt)
@@ -246,6 +252,8 @@ def train_loop(
         opt.step()
         opt.zero_grad(set_to_none=True)  # gradients freed now, not kept through the next forward
         sched.step()
+        if ema is not None:
+            ema.update_parameters(raw)
         last_loss = loss.item()
         if step % 50 == 0 or step == cfg.steps - 1:
             rec = {"step": step, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm, "clipped_steps": clipped, **logs}
@@ -256,7 +264,7 @@ def train_loop(
             if sharded:  # every process writes its shards; the main process then points latest.json at them
                 _save_sharded_checkpoint(ckpt_dir, done, identity_hash, model, opt, sched, layout, accelerator)
             elif accelerator.is_main_process:
-                _save_checkpoint(ckpt_dir, done, identity_hash, accelerator.unwrap_model(model), opt, sched)
+                _save_checkpoint(ckpt_dir, done, identity_hash, accelerator.unwrap_model(model), opt, sched, ema)
             if accelerator.is_main_process:
                 _append_log(out_dir, history[logged:])  # the log holds exactly the steps the checkpoint has done
                 logged = len(history)
@@ -267,6 +275,8 @@ def train_loop(
         model = whole
     else:
         model = accelerator.unwrap_model(model)
+    if ema is not None and end == cfg.steps:  # the written weights are the average; the last checkpoint keeps the raw
+        model.load_state_dict(ema.module.state_dict())
     model.eval()
     hashes = None
     if accelerator.num_processes > 1 and not sharded:  # data-parallel ranks must end with the same weights
@@ -288,8 +298,18 @@ def _append_log(out_dir: Path, records: list[dict]) -> None:
             f.writelines(json.dumps(rec) + "\n" for rec in records)
 
 
+def weight_average(model: nn.Module, decay: float):
+    """An exponential moving average of `model`'s parameters and buffers (torch.optim.swa_utils), or None when
+    `decay` is 0. Updated after every optimizer step; it never feeds back into the training."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def _save_checkpoint(ckpt_dir: Path, step: int, identity: str, model: nn.Module, opt: torch.optim.Optimizer,
-                     sched) -> None:
+                     sched, ema=None) -> None:
     folder = ckpt_dir / f"step-{step:07d}"
     if folder.exists():  # left by a run killed between writing it and pointing latest.json to it
         shutil.rmtree(folder)
@@ -297,6 +317,8 @@ def _save_checkpoint(ckpt_dir: Path, step: int, identity: str, model: nn.Module,
     opt_tensors["rng.torch"] = torch.get_rng_state()
     atomic_save_tensors(folder / WEIGHTS_FILE, model.state_dict())
     atomic_save_tensors(folder / TRAIN_STATE_FILE, opt_tensors)
+    if ema is not None:
+        atomic_save_tensors(folder / EMA_FILE, ema.state_dict())
     atomic_write_json(folder / TRAIN_META_FILE, {"step": step, "identity": identity, "optimizer": opt_meta,
                                                  "scheduler": sched.state_dict()})
     atomic_write_json(ckpt_dir / LATEST_FILE, {"step": step, "folder": folder.name, "identity": identity})
@@ -326,7 +348,7 @@ def _save_sharded_checkpoint(ckpt_dir: Path, step: int, identity: str, model: nn
 
 
 def _load_checkpoint(ckpt_dir: Path, stage: str, identity: str, model: nn.Module, opt: torch.optim.Optimizer,
-                     sched, layout: dict | None = None, rank: int = 0) -> int:
+                     sched, layout: dict | None = None, rank: int = 0, ema=None) -> int:
     """Restore the checkpoint `latest.json` names; returns its step. `layout`: the sharded launch of this run
     ({} when not sharded); a checkpoint of another layout is refused."""
     latest = read_json(ckpt_dir / LATEST_FILE, f"the {stage} checkpoint pointer")
@@ -354,6 +376,12 @@ def _load_checkpoint(ckpt_dir: Path, stage: str, identity: str, model: nn.Module
         model.load_state_dict(load_tensors(folder / WEIGHTS_FILE, f"the {stage} checkpoint weights"), strict=True)
     except RuntimeError as err:
         raise ArtifactError(f"The {stage} checkpoint weights in {folder} do not fit this model; delete {ckpt_dir} and rerun.") from err
+    if ema is not None:
+        try:
+            ema.load_state_dict(load_tensors(folder / EMA_FILE, f"the {stage} checkpoint's weight average"))
+        except RuntimeError as err:
+            raise ArtifactError(f"The {stage} weight average in {folder} does not fit this model; delete {ckpt_dir} and "
+                                "rerun.") from err
     state = load_tensors(folder / TRAIN_STATE_FILE, f"the {stage} optimizer state")
     rng = state.pop("rng.torch", None)
     opt.load_state_dict(_unflatten_optimizer(state, meta["optimizer"]))
