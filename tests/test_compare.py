@@ -15,6 +15,8 @@ from actdistill.errors import ConfigError
 from actdistill.evaluate import wilson_ci
 from actdistill.provenance import check_provenance
 
+from tests.helpers.results_files import write_in_folders
+
 # three MT50 tasks from three of its difficulty groups: reach (easy), bin-picking (medium), stick-pull (very hard)
 TASKS = ("reach-v3", "bin-picking-v3", "stick-pull-v3")
 VAL = [200_000_000 + i for i in range(4)]
@@ -36,13 +38,7 @@ SHALLOW = _row("policy", {"reach-v3": [1, 1, 1, 1], "bin-picking-v3": [0, 0, 0, 
 
 
 def _write(tmp_path, *rows: dict) -> list:
-    paths = []
-    for i, r in enumerate(rows):
-        folder = tmp_path / f"eval-{i}"
-        folder.mkdir(parents=True)
-        (folder / "results.json").write_text(json.dumps(r))
-        paths.append(folder)
-    return paths
+    return write_in_folders(tmp_path, "eval-", "results.json", rows)
 
 
 def test_compare_reports_groups_and_paired_differences(tmp_path):

@@ -16,6 +16,8 @@ from actdistill.errors import ConfigError
 from actdistill.evaluate import wilson_ci
 from actdistill.provenance import check_provenance, provenance
 
+from tests.helpers.results_files import write_in_folders
+
 TASKS = ("reach-v3", "push-v3")
 
 
@@ -41,13 +43,7 @@ RUN1 = _run(1, {"reach-v3": [1, 1, 1, 1], "push-v3": [0, 1, 1, 0]}, {"reach-v3":
 
 
 def _write(tmp_path, *runs: dict) -> list:
-    paths = []
-    for i, r in enumerate(runs):
-        folder = tmp_path / f"run{i}"
-        folder.mkdir(parents=True)
-        (folder / "mt10.json").write_text(json.dumps(r))
-        paths.append(folder)
-    return paths
+    return write_in_folders(tmp_path, "run", "mt10.json", runs)
 
 
 def test_spread_reports_each_seed_the_spread_and_the_seed_paired_difference(tmp_path):

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from actdistill import __version__
 from actdistill.constants import HEADER_FILE
+from actdistill.errors import ConfigError
 from actdistill.provenance import provenance
 
 
@@ -89,6 +90,18 @@ def save_figure(fig, path: Path, dpi: int = 150) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def write_report(out: Path, report: dict, table: str, example: str) -> Path:
+    """A report as `out` (.json) with its markdown table beside it (.md); one sentence if `out` is not a .json
+    (`example`: a file name to suggest)."""
+    out = Path(out)
+    if out.suffix != ".json":
+        raise ConfigError(f"--out names the JSON file of the report (e.g. {example}), got {out}.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, report)
+    atomic_write_bytes(out.with_suffix(".md"), table.encode())
+    return out
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actdistill.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, read_json
+from actdistill.artifacts import ArtifactError, read_json, write_report
 from actdistill.errors import ConfigError
 from actdistill.evaluate import RESULTS_FILE, paired_bootstrap
 from actdistill.provenance import provenance
@@ -119,10 +119,4 @@ def compare_table(report: dict) -> str:
 
 def write_compare(report: dict, out: Path) -> Path:
     """`out` (.json) and the table beside it (.md)."""
-    out = Path(out)
-    if out.suffix != ".json":
-        raise ConfigError(f"--out names the JSON file of the comparison (e.g. mt50_depth_val.json), got {out}.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, report)
-    atomic_write_bytes(out.with_suffix(".md"), compare_table(report).encode())
-    return out
+    return write_report(out, report, compare_table(report), "mt50_depth_val.json")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from actdistill.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, read_json, save_figure
+from actdistill.artifacts import ArtifactError, read_json, save_figure, write_report
 from actdistill.bench.run import pool_seeds, seed_paired_difference
 from actdistill.errors import ConfigError
 from actdistill.evaluate import paired_bootstrap
@@ -190,11 +190,6 @@ def spread_plot(report: dict, path: Path) -> None:
 
 def write_spread(report: dict, out: Path) -> Path:
     """`out` (.json), the table beside it (.md) and the plot (.png)."""
-    out = Path(out)
-    if out.suffix != ".json":
-        raise ConfigError(f"--out names the JSON file of the report (e.g. mt10_run_seeds.json), got {out}.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, report)
-    atomic_write_bytes(out.with_suffix(".md"), spread_table(report).encode())
+    out = write_report(out, report, spread_table(report), "mt10_run_seeds.json")
     spread_plot(report, out.with_suffix(".png"))
     return out
