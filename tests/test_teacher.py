@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -5,6 +6,7 @@ import pytest
 import torch
 
 from actdistill.artifacts import ArtifactError, load_tensors
+from actdistill.config import ConfigError, TrainConfig
 from actdistill.teacher import load_teacher, train_teacher
 from tests.conftest import tiny_teacher_config
 
@@ -67,8 +69,6 @@ def test_a_folder_of_another_stage_is_refused(tiny_demos, tmp_path):
 
 
 def test_weight_average_is_written_resumes_and_leaves_the_training_unchanged(tiny_demos, tmp_path):
-    import dataclasses
-
     plain = tiny_teacher_config(steps=20)
     averaged = dataclasses.replace(plain, train=dataclasses.replace(plain.train, ema_decay=0.9))
     train_teacher(plain, tiny_demos, tmp_path / "plain", progress=False)
@@ -94,8 +94,6 @@ def test_weight_average_is_written_resumes_and_leaves_the_training_unchanged(tin
 
 
 def test_weight_average_settings_are_checked():
-    from actdistill.config import ConfigError, TrainConfig
-
     with pytest.raises(ConfigError, match=r"ema_decay must be in \[0, 1\)"):
         TrainConfig(ema_decay=1.0)
     with pytest.raises(ConfigError, match="cannot be combined with train.sharding=fsdp"):

@@ -529,7 +529,6 @@ def _add_pipeline_commands(sub) -> None:
     sp.set_defaults(func=cmd_spread, config=None, set=None, no_progress=True)
     _add_compare_command(sub)
 
-
     pl = sub.add_parser("plan", help="per-device memory of a training stage under DDP and FSDP, and whether it fits.",
                         description="Dry-runs one training step on fake tensors (no memory, no arithmetic) and adds up what "
                         "it allocates: weights, gradients, AdamW state, activations; then divides what FSDP shards.")

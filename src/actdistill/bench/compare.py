@@ -23,6 +23,7 @@ from actdistill.provenance import provenance
 from actdistill.sim import suite_for
 from actdistill.sim.base import placement_kind
 
+SPLIT_NAMES = {"eval": "test", "val": "validation", "demo": "demonstration"}  # placement_kind -> what the report says
 ROW_FIELDS = ("name", "success_mean", "success_ci95", "success_per_task", "per_episode_success", "placement_seeds")
 
 
@@ -87,8 +88,7 @@ def compare(items: list[Path], names: list[str] | None = None, samples: int = 10
                           for g, ts in groups.items()},
             "per_task": {t: paired_bootstrap({t: eps[t]}, {t: ref_eps[t]}, samples) for t in tasks}})
     kinds = {placement_kind(s) for s in ref["placement_seeds"]}
-    split = {"eval": "test", "val": "validation", "demo": "demonstration"}.get(kinds.pop(), "other") if len(kinds) == 1 \
-        else "mixed"
+    split = SPLIT_NAMES.get(kinds.pop(), "other") if len(kinds) == 1 else "mixed"
     return {"benchmark": suite.name, "split": split,
             "episodes_per_task": len(ref_eps[tasks[0]]), "tasks": list(tasks),
             "groups": {g: list(ts) for g, ts in groups.items()}, "rows": rows, "differences": differences,
