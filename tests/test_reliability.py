@@ -251,3 +251,20 @@ def test_tied_weights_are_stored_once_and_tied_again_on_load(tmp_path):
     overlapping = {"a": emb.weight, "b": emb.weight[1:]}
     with pytest.raises(ArtifactError, match="different views of one storage"):
         atomic_save_tensors(tmp_path / "v.safetensors", overlapping)
+
+
+def test_the_count_of_clipped_steps_survives_a_resume(tmp_path):
+    def loss_at(m, step):
+        return m.w.sum() * (1e9 if step in (1, 6) else 1e-3)
+
+    def run(folder, stop_after=None):
+        model = _Line()
+        cfg = TrainConfig(steps=8, batch_size=4, lr=1e-2, warmup_steps=0, checkpoint_every=4, shift_augment=0)
+        train_loop(model=model, dataset=_Frames(), cfg=cfg, out_dir=folder, stage="toy",
+                   loss_fn=lambda m, b, s: (loss_at(m, s), {}), progress=False, stop_after=stop_after)
+        return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+    whole = run(tmp_path / "whole")
+    run(tmp_path / "resumed", stop_after=4)
+    resumed = run(tmp_path / "resumed")
+    assert whole[-1]["clipped_steps"] == resumed[-1]["clipped_steps"] == 2

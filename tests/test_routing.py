@@ -204,3 +204,54 @@ def test_default_gating_is_the_plain_threshold_gate():
     g, m = student.training_gates(h0)
     torch.testing.assert_close(g, student.router(h0))
     assert torch.equal(m, straight_through(g, student.tau))  # the same op as before quantile gating existed
+
+
+def _random_router(student):
+    with torch.no_grad():
+        student.router.gate.weight.normal_(0, 3.0)
+        student.router.gate.bias.zero_()
+    return student
+
+
+def test_a_vision_router_reads_no_instruction_and_still_reads_the_image():
+    cfg = tiny_model_config(num_layers=6)
+    batch = _batch(cfg, 6)
+    reworded = {**batch, OBS_LANG: torch.randn(6, 384, generator=torch.Generator().manual_seed(9))}
+    moved = {**batch, OBS_IMAGE: torch.flip(batch[OBS_IMAGE], dims=[1])}
+    vision = _random_router(_student(router_inputs="vision")[0])
+    both = _random_router(_student()[0])
+    assert vision.router.gate.in_features == 2 * 8 and not hasattr(vision.router, "proj_lang")
+    with torch.no_grad():
+        def logits(s, b):
+            return s.router.logits(s.vla.embed(b))
+        assert torch.equal(logits(vision, batch), logits(vision, reworded))
+        assert not torch.allclose(logits(vision, batch), logits(vision, moved))
+        assert not torch.allclose(logits(both, batch), logits(both, reworded))  # the default router reads it
+
+
+def test_a_vision_router_exports_and_reloads_with_identical_actions(tmp_path):
+    import json
+
+    from actdistill.export import export_student, load_student
+
+    student, _, cfg = _student(router_inputs="vision")
+    _random_router(student)
+    export_student(student, tmp_path / "s", rho=0.5, tasks=["reach-v3"])
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["router_inputs"] == "vision"
+    loaded = load_student(tmp_path / "s")
+    assert loaded.router.inputs == "vision"
+    b = _batch(cfg, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.predict(b), student.eval().predict(b), rtol=0, atol=0)
+    # the default router writes no such field, so the configs (and hashes) of earlier students are unchanged
+    both, _, _ = _student()
+    export_student(both, tmp_path / "d", rho=0.5, tasks=["reach-v3"])
+    assert "router_inputs" not in json.loads((tmp_path / "d" / "config.json").read_text())
+
+
+def test_an_unknown_router_input_is_one_sentence():
+    from actdistill.config import DistillConfig
+    from actdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="router_inputs must be one of vision\\+language, vision, got 'text'"):
+        DistillConfig(router_inputs="text")

@@ -25,6 +25,8 @@ SHARDINGS: tuple[str, ...] = ("none", "fsdp")  # how training spreads a model ov
 PRECISIONS: tuple[str, ...] = ("no", "bf16")  # training compute precision
 GATINGS: tuple[str, ...] = ("threshold", "quantile")  # training gates of the router (distill/routing.py)
 STREAM_NORMS: tuple[str, ...] = ("none", "terms", "initial")  # distillation stream scales (distill/losses.py)
+# what the router reads (distill/routing.py Router): the vision and language tokens, or the vision tokens only
+ROUTER_INPUTS: tuple[str, ...] = ("vision+language", "vision")
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
@@ -330,9 +332,13 @@ class DistillConfig(_Base):
     router_reword: float = 0.0
     # which rows the semantic stream compares at layer l: "all", or "executed" (only the rows that ran layer l)
     semantic_on: str = "all"
+    # the router's inputs: "vision+language", or "vision" (gates that an unseen phrasing of the instruction cannot
+    # move; the decoder still reads the instruction)
+    router_inputs: str = "vision+language"
 
     _LATER_FIELDS = ("gating", "threshold_momentum", "always_run", "stream_norm", "threshold_source",
-                     "router_consistency", "router_jitter", "router_lang_noise", "router_reword", "semantic_on")
+                     "router_consistency", "router_jitter", "router_lang_noise", "router_reword", "semantic_on",
+                     "router_inputs")
 
     def __post_init__(self) -> None:
         _check(0.0 < self.rho <= 1.0, f"DistillConfig.rho must be in (0, 1], got {self.rho}.")
@@ -357,6 +363,12 @@ class DistillConfig(_Base):
                f"DistillConfig.router_reword must be in [0, 1], got {self.router_reword}.")
         _check(self.stream_norm in STREAM_NORMS,
                f"DistillConfig.stream_norm must be one of {', '.join(STREAM_NORMS)}, got {self.stream_norm!r}.")
+        _check_router_inputs(self)
+
+
+def _check_router_inputs(cfg) -> None:
+    _check(cfg.router_inputs in ROUTER_INPUTS, f"{type(cfg).__name__}.router_inputs must be one of "
+           f"{', '.join(ROUTER_INPUTS)}, got {cfg.router_inputs!r}.")
 
 
 SETTLE_LOSSES = ("distill", "final")
@@ -480,10 +492,14 @@ class StudentConfig(_Base):
     tau: float = 0.5
     rho: float = 0.5
     tasks: tuple[str, ...] = ()
+    router_inputs: str = "vision+language"
+
+    _LATER_FIELDS = ("router_inputs",)
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
         _positive(self, "router_dim")
+        _check_router_inputs(self)
         _check(0.0 < self.tau < 1.0, f"StudentConfig.tau must be in (0, 1), got {self.tau}.")
         _check(0.0 < self.rho <= 1.0, f"StudentConfig.rho must be in (0, 1], got {self.rho}.")
 

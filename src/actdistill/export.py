@@ -49,7 +49,8 @@ def _student_from_distill(distill_dir: Path, probes=None) -> tuple[RoutedStudent
     mcfg = ModelConfig.from_dict(cfg_json["model"])
     weights = load_checked_weights(distill_dir, header, "distilled student weights", "distill again")
     check_head_family(weights, mcfg.action_head, Path(distill_dir) / WEIGHTS_FILE, prefix="vla.head.")
-    student = RoutedStudent(mcfg, router_dim=dcfg.router_dim, tau=dcfg.tau, probes=probes)
+    student = RoutedStudent(mcfg, router_dim=dcfg.router_dim, tau=dcfg.tau, probes=probes,
+                            router_inputs=dcfg.router_inputs)
     kept = weights if probes is not None else {k: v for k, v in weights.items() if not k.startswith("probes.")}
     try:
         student.load_state_dict(kept, strict=True)
@@ -231,7 +232,7 @@ def save_student(student: RoutedStudent, out_dir: Path, model_cfg: dict | None, 
     atomic_save_tensors(out_dir / WEIGHTS_FILE, weights)
     cls = type(student.vla)
     scfg = StudentConfig(model=model_cfg, model_class=f"{cls.__module__}.{cls.__qualname__}", router_dim=router_dim,
-                         tau=student.tau, rho=rho, tasks=tuple(tasks))
+                         tau=student.tau, rho=rho, tasks=tuple(tasks), router_inputs=student.router.inputs)
     atomic_write_json(out_dir / CONFIG_FILE, scfg.to_dict())
     summary = {"weights": str(out_dir / WEIGHTS_FILE), "rho": rho, "gate_shift": gate_shift(student),
                "parameters": sum(p.numel() for p in student.parameters()), **extra}
@@ -257,7 +258,8 @@ def load_student(folder: Path, model: nn.Module | None = None) -> RoutedStudent:
     if cfg.model is None and model is None:
         raise ArtifactError(f"{folder} holds a routed {cfg.model_class or 'custom model'}; load it with "
                             "load_student(folder, model=<a fresh instance of that class>).")
-    student = RoutedStudent(cfg.model if model is None else model, router_dim=cfg.router_dim, tau=cfg.tau)
+    student = RoutedStudent(cfg.model if model is None else model, router_dim=cfg.router_dim, tau=cfg.tau,
+                            router_inputs=cfg.router_inputs)
     weights = load_checked_weights(folder, header, "student weights", "export it again")
     if cfg.model is not None:
         check_head_family(weights, student.vla.config.action_head, folder / WEIGHTS_FILE, prefix="vla.head.")

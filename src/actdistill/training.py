@@ -210,9 +210,10 @@ def train_loop(
     layout = {"sharded": sharded, "processes": accelerator.num_processes} if sharded else {}
 
     ema = weight_average(model, cfg.ema_decay)
-    start = 0
+    start = clipped = 0  # clipped: steps whose gradient norm exceeded cfg.grad_clip (logged as clipped_steps)
     if (ckpt_dir / LATEST_FILE).is_file():
-        start = _load_checkpoint(ckpt_dir, stage, identity_hash, model, opt, sched, layout, accelerator.process_index, ema)
+        start, clipped = _load_checkpoint(ckpt_dir, stage, identity_hash, model, opt, sched, layout,
+                                          accelerator.process_index, ema)
     raw = model  # the module itself (prepare may wrap it; the parameters stay these)
 
     if not sharded:
@@ -222,7 +223,6 @@ def train_loop(
     t0 = time.time()
     last_loss = float("nan")
     logged = 0
-    clipped = 0  # steps whose gradient norm exceeded cfg.grad_clip (logged as clipped_steps)
     n = len(dataset)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     bar = tqdm(range(start, end), desc=stage, initial=start, total=cfg.steps,
@@ -262,9 +262,9 @@ def train_loop(
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == end:
             if sharded:  # every process writes its shards; the main process then points latest.json at them
-                _save_sharded_checkpoint(ckpt_dir, done, identity_hash, model, opt, sched, layout, accelerator)
+                _save_sharded_checkpoint(ckpt_dir, done, identity_hash, model, opt, sched, layout, accelerator, clipped)
             elif accelerator.is_main_process:
-                _save_checkpoint(ckpt_dir, done, identity_hash, accelerator.unwrap_model(model), opt, sched, ema)
+                _save_checkpoint(ckpt_dir, done, identity_hash, accelerator.unwrap_model(model), opt, sched, ema, clipped)
             if accelerator.is_main_process:
                 _append_log(out_dir, history[logged:])  # the log holds exactly the steps the checkpoint has done
                 logged = len(history)
@@ -309,7 +309,7 @@ def weight_average(model: nn.Module, decay: float):
 
 
 def _save_checkpoint(ckpt_dir: Path, step: int, identity: str, model: nn.Module, opt: torch.optim.Optimizer,
-                     sched, ema=None) -> None:
+                     sched, ema=None, clipped: int = 0) -> None:
     folder = ckpt_dir / f"step-{step:07d}"
     if folder.exists():  # left by a run killed between writing it and pointing latest.json to it
         shutil.rmtree(folder)
@@ -320,7 +320,7 @@ def _save_checkpoint(ckpt_dir: Path, step: int, identity: str, model: nn.Module,
     if ema is not None:
         atomic_save_tensors(folder / EMA_FILE, ema.state_dict())
     atomic_write_json(folder / TRAIN_META_FILE, {"step": step, "identity": identity, "optimizer": opt_meta,
-                                                 "scheduler": sched.state_dict()})
+                                                 "scheduler": sched.state_dict(), "clipped_steps": int(clipped)})
     atomic_write_json(ckpt_dir / LATEST_FILE, {"step": step, "folder": folder.name, "identity": identity})
     for old in ckpt_dir.glob("step-*"):
         if old.is_dir() and old.name != folder.name:
@@ -328,7 +328,7 @@ def _save_checkpoint(ckpt_dir: Path, step: int, identity: str, model: nn.Module,
 
 
 def _save_sharded_checkpoint(ckpt_dir: Path, step: int, identity: str, model: nn.Module, opt: torch.optim.Optimizer,
-                             sched, layout: dict, accelerator) -> None:
+                             sched, layout: dict, accelerator, clipped: int = 0) -> None:
     """Sharded weights and optimizer state (torch distributed checkpoint) plus each process's RNG state, all in a
     fresh folder; only when every process has written does the main process write latest.json."""
     folder = ckpt_dir / f"step-{step:07d}"
@@ -340,7 +340,7 @@ def _save_sharded_checkpoint(ckpt_dir: Path, step: int, identity: str, model: nn
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_json(folder / TRAIN_META_FILE, {"step": step, "identity": identity, "scheduler": sched.state_dict(),
-                                                     **layout})
+                                                     "clipped_steps": int(clipped), **layout})
         atomic_write_json(ckpt_dir / LATEST_FILE, {"step": step, "folder": folder.name, "identity": identity})
         for old in ckpt_dir.glob("step-*"):
             if old.is_dir() and old.name != folder.name:
@@ -348,9 +348,10 @@ def _save_sharded_checkpoint(ckpt_dir: Path, step: int, identity: str, model: nn
 
 
 def _load_checkpoint(ckpt_dir: Path, stage: str, identity: str, model: nn.Module, opt: torch.optim.Optimizer,
-                     sched, layout: dict | None = None, rank: int = 0, ema=None) -> int:
-    """Restore the checkpoint `latest.json` names; returns its step. `layout`: the sharded launch of this run
-    ({} when not sharded); a checkpoint of another layout is refused."""
+                     sched, layout: dict | None = None, rank: int = 0, ema=None) -> tuple[int, int]:
+    """Restore the checkpoint `latest.json` names; returns its step and its count of clipped steps (0 for a
+    checkpoint written before that count was kept). `layout`: the sharded launch of this run ({} when not
+    sharded); a checkpoint of another layout is refused."""
     latest = read_json(ckpt_dir / LATEST_FILE, f"the {stage} checkpoint pointer")
     if latest.get("identity") != identity:
         raise ArtifactError(
@@ -371,7 +372,7 @@ def _load_checkpoint(ckpt_dir: Path, stage: str, identity: str, model: nn.Module
         sched.load_state_dict(meta["scheduler"])
         rng = load_tensors(folder / f"rng-{rank}.safetensors", f"the {stage} checkpoint RNG state")["rng.torch"]
         torch.set_rng_state(rng)
-        return int(meta["step"])
+        return int(meta["step"]), int(meta.get("clipped_steps", 0))
     try:
         model.load_state_dict(load_tensors(folder / WEIGHTS_FILE, f"the {stage} checkpoint weights"), strict=True)
     except RuntimeError as err:
@@ -388,4 +389,4 @@ def _load_checkpoint(ckpt_dir: Path, stage: str, identity: str, model: nn.Module
     sched.load_state_dict(meta["scheduler"])
     if rng is not None:
         torch.set_rng_state(rng)
-    return int(meta["step"])
+    return int(meta["step"]), int(meta.get("clipped_steps", 0))

@@ -47,6 +47,8 @@ VARIANTS: dict[str, dict] = {
     "consistency-image": {"distill.router_consistency": 1.0, "distill.router_lang_noise": 0.0},
     # the same with half of the view's instructions replaced by training-only rewordings (sim/instructions.py)
     "consistency-reword": {"distill.router_consistency": 1.0, "distill.router_reword": 0.5},
+    # a router that reads the vision tokens only: an unseen phrasing of the instruction cannot move its gates
+    "router-vision": {"distill.router_inputs": "vision"},
     # gates on (off) in >= 85% of closed-loop calibration steps fixed on (off) for every input (export.py snap_gates)
     "snap": {"export.snap": 0.15, "export.calib_rounds": 3},
 }

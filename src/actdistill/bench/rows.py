@@ -170,7 +170,7 @@ class Bench(RunArtifacts):
         """Training FLOPs of the teacher and of the distillation (plus settling), each counted on a real step."""
         dcfg, rc = self.rc.distill, self.rc
         student = RoutedStudent.from_teacher(self.teacher, self.probes, router_dim=dcfg.router_dim, tau=dcfg.tau,
-                                             init_bias=dcfg.router_init_bias)
+                                             init_bias=dcfg.router_init_bias, router_inputs=dcfg.router_inputs)
         words = view_rewordings(dcfg, self.tasks)
         d_step = train_step_flops(student, lambda m, b: distill_loss(m, b, self.cache, dcfg, soft=False,
                                                                      rewordings=words)[0],

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from actdistill import globalbatch
-from actdistill.config import GATINGS, ModelConfig
+from actdistill.config import GATINGS, ROUTER_INPUTS, ModelConfig
 from actdistill.constants import ACTION, ROUTER_VIEW
 from actdistill.models.contract import check_spans, check_vla
 from actdistill.models.policy import PolicyMixin
@@ -73,19 +73,25 @@ class Router(nn.Module):
     """Per-input layer gates from the embeddings before layer 0.
 
     Vision and language tokens (spans from the model config) are each projected and layer-normalised,
-    each pooled by mean and by max; the four summaries are concatenated; one linear unit per layer
+    each pooled by mean and by max; the summaries are concatenated; one linear unit per layer
     gives g_l = sigmoid(. + gate_bias_l). `gate_bias` is the post-training budget calibration.
+    `inputs` "vision" reads the vision tokens only, so no phrasing of the instruction can move a gate.
     """
 
     def __init__(self, hidden_size: int, num_layers: int, spans: dict[str, tuple[int, int]], router_dim: int = 64,
-                 init_bias: float = 2.0):
+                 init_bias: float = 2.0, inputs: str = "vision+language"):
         super().__init__()
+        if inputs not in ROUTER_INPUTS:
+            raise ValueError(f"Router inputs must be one of {', '.join(ROUTER_INPUTS)}, got {inputs!r}.")
         self.spans = {k: tuple(v) for k, v in spans.items()}
+        self.inputs = inputs
         self.proj_vision = nn.Linear(hidden_size, router_dim)
         self.norm_vision = nn.LayerNorm(router_dim)
-        self.proj_lang = nn.Linear(hidden_size, router_dim)
-        self.norm_lang = nn.LayerNorm(router_dim)
-        self.gate = nn.Linear(4 * router_dim, num_layers)
+        if inputs == "vision+language":
+            self.proj_lang = nn.Linear(hidden_size, router_dim)
+            self.norm_lang = nn.LayerNorm(router_dim)
+        n_summaries = 2 * len(inputs.split("+"))  # mean and max of each input
+        self.gate = nn.Linear(n_summaries * router_dim, num_layers)
         nn.init.normal_(self.gate.weight, std=0.01)
         nn.init.constant_(self.gate.bias, init_bias)  # start with every layer on: the student begins as the teacher
         self.register_buffer("gate_bias", torch.zeros(num_layers))
@@ -94,11 +100,13 @@ class Router(nn.Module):
         """h0 (B, N, D) -> gate logits (B, L), calibration bias included."""
         check_spans(self.spans, h0.shape[1])
         v0, v1 = self.spans["vision"]
-        l0, l1 = self.spans["language"]
         v = self.norm_vision(self.proj_vision(h0[:, v0:v1]))  # (B, Nv, r)
-        t = self.norm_lang(self.proj_lang(h0[:, l0:l1]))  # (B, Nl, r)
-        summary = torch.cat([v.mean(1), v.amax(1), t.mean(1), t.amax(1)], dim=-1)  # (B, 4r)
-        return self.gate(summary) + self.gate_bias
+        parts = [v.mean(1), v.amax(1)]
+        if self.inputs == "vision+language":
+            l0, l1 = self.spans["language"]
+            t = self.norm_lang(self.proj_lang(h0[:, l0:l1]))  # (B, Nl, r)
+            parts += [t.mean(1), t.amax(1)]
+        return self.gate(torch.cat(parts, dim=-1)) + self.gate_bias
 
     def forward(self, h0: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(h0))  # (B, L) in (0, 1)
@@ -109,20 +117,20 @@ class RoutedStudent(PolicyMixin, nn.Module):
 
     def __init__(self, model: ModelConfig | nn.Module, router_dim: int = 64, tau: float = 0.5, init_bias: float = 2.0,
                  probes: LayerProbes | None = None, gating: str = "threshold", rho: float | None = None,
-                 always_run: tuple[int, ...] = (), momentum: float = 0.1):
+                 always_run: tuple[int, ...] = (), momentum: float = 0.1, router_inputs: str = "vision+language"):
         """`model`: the reference VLA's config (a fresh ReferenceVLA is built) or any VLA module that meets the
         model contract (models/contract.py), which the student then owns.
 
         Training options (folded into `router.gate_bias` by `finish_training`, so a deployed student is the
         same plain module whatever it was trained with): `gating` "threshold" or "quantile" (which needs the
         budget `rho`, the fraction of all layers executed, and the running threshold's `momentum`), and
-        `always_run`, layers executed for every input."""
+        `always_run`, layers executed for every input. `router_inputs`: what the router reads (Router)."""
         super().__init__()
         if isinstance(model, ModelConfig):
             model = ReferenceVLA(model)
         check_vla(model)
         self.vla = model
-        self.router = Router(model.hidden_size, model.num_layers, model.spans, router_dim, init_bias)
+        self.router = Router(model.hidden_size, model.num_layers, model.spans, router_dim, init_bias, router_inputs)
         self.probes = probes
         self.tau = tau
         self.image_size = model.image_size

@@ -190,7 +190,8 @@ def distill_student(cfg: DistillConfig, teacher, probes, cache, data: FrameDatas
 
 def routing_options(cfg: DistillConfig, always: tuple[int, ...]) -> dict:
     """The RoutedStudent training options a distillation config asks for."""
-    return {"gating": cfg.gating, "rho": cfg.rho, "always_run": always, "momentum": cfg.threshold_momentum}
+    return {"gating": cfg.gating, "rho": cfg.rho, "always_run": always, "momentum": cfg.threshold_momentum,
+            "router_inputs": cfg.router_inputs}
 
 
 def _spread(data: FrameDataset, n: int) -> torch.Tensor:
