@@ -43,9 +43,7 @@ def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, s
     l_task, l_sem, l_act = _streams(student, out, batch, cache, cfg)
     l_sem, l_act = normalise_streams(l_sem, l_act, cfg.stream_norm, student.num_layers, initial)
     g = out["gates"]
-    gl = routed_gate_losses(g, out["routed"], student.tau, cfg.rho, cfg.budget_on, student.gating)
-    loss = (l_task + cfg.alpha * l_sem + cfg.beta * l_act + cfg.lambda_bal * gl["bal"] + cfg.lambda_bud * gl["bud"]
-            + cfg.lambda_pol * gl["pol"])
+    loss, gl = with_gate_terms(l_task + cfg.alpha * l_sem + cfg.beta * l_act, student, out, cfg)
     cons = {}
     if cfg.router_consistency > 0:
         cons["cons"] = consistency_loss(out["logits"], out["view_logits"], out["routed"])
@@ -71,11 +69,16 @@ def final_action_loss(model: RoutedStudent, teacher, batch: dict, cfg: DistillCo
     pad = batch.get(ACTION_PAD)
     l_task = action_loss(out["action"], batch[ACTION], pad)
     l_kd = action_loss(out["action"], target, pad)
-    gl = routed_gate_losses(out["gates"], out["routed"], student.tau, cfg.rho, cfg.budget_on, student.gating)
-    loss = (l_task + cfg.beta * l_kd + cfg.lambda_bal * gl["bal"] + cfg.lambda_bud * gl["bud"]
-            + cfg.lambda_pol * gl["pol"])
+    loss = with_gate_terms(l_task + cfg.beta * l_kd, student, out, cfg)[0]
     return loss, {"loss": loss.item(), "task": l_task.item(), "kd": l_kd.item(),
                   "keep": (out["masks"].detach() >= 0.5).float().mean().item()}
+
+
+def with_gate_terms(loss: torch.Tensor, student: RoutedStudent, out: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
+    """`loss` plus the weighted gate terms (balance, budget, polarization) of one forward pass, added one by one in
+    that order (the order every earlier distillation summed them in, so its weights reproduce bitwise); and each term."""
+    gl = routed_gate_losses(out["gates"], out["routed"], student.tau, cfg.rho, cfg.budget_on, student.gating)
+    return loss + cfg.lambda_bal * gl["bal"] + cfg.lambda_bud * gl["bud"] + cfg.lambda_pol * gl["pol"], gl
 
 
 def _streams(student: RoutedStudent, out: dict, batch: dict, cache, cfg: DistillConfig):
