@@ -94,3 +94,30 @@ def test_compare_cli_writes_the_report(tmp_path, capsys):
     assert "| teacher-l12 | 0.667" in out.with_suffix(".md").read_text()
     assert main(["compare", *map(str, paths), "--out", str(tmp_path / "depth.md")]) == 2
     assert "--out names the JSON file" in capsys.readouterr().err
+
+
+def test_compare_under_a_perturbation_pairs_each_drop_with_the_references(tmp_path):
+    # the teacher loses one stick-pull episode under the perturbation; the student loses two bin-picking episodes
+    # and the same stick-pull one: its drop is 2/4 on bin-picking beyond the teacher's, 1/6 over the three tasks
+    teacher_clean, student_clean = DEEP, DEEP
+    teacher = _row("t", {"reach-v3": [1, 1, 1, 1], "bin-picking-v3": [1, 0, 1, 0], "stick-pull-v3": [0, 1, 0, 0]})
+    student = _row("s", {"reach-v3": [1, 1, 1, 1], "bin-picking-v3": [0, 0, 0, 0], "stick-pull-v3": [0, 1, 0, 0]})
+    perturbed = _write(tmp_path / "p", teacher, student)
+    clean = _write(tmp_path / "c", teacher_clean, student_clean)
+    rep = compare(perturbed, samples=500, clean=clean)
+    t, s = rep["rows"]
+    assert t["clean_success_mean"] == s["clean_success_mean"] == DEEP["success_mean"]
+    assert t["drop_vs_clean"][0] == pytest.approx(0.25 / 3) and s["drop_vs_clean"][0] == pytest.approx(0.75 / 3)
+    (d,) = rep["differences"]
+    assert d["drop_minus_reference_drop"][0] == pytest.approx(0.5 / 3)
+    assert d["drop_minus_reference_drop"][1] <= 0.5 / 3 <= d["drop_minus_reference_drop"][2]
+    with pytest.raises(ConfigError, match="--clean gives 1 evaluation"):
+        compare(perturbed, clean=clean[:1])
+    elsewhere = _row("c", DEEP["per_episode_success"], placements=[10_000_000 + i for i in range(4)])
+    with pytest.raises(ArtifactError, match="other placements"):
+        compare(perturbed, clean=[clean[0], _write(tmp_path / "x", elsewhere)[0]])
+    out = tmp_path / "drops.json"
+    assert main(["compare", *map(str, perturbed), "--clean", *map(str, clean), "--names", "teacher", "student",
+                 "--out", str(out)]) in (0, None)
+    table = out.with_suffix(".md").read_text()
+    assert "drop vs clean" in table and "| student - teacher | -0.167" in table and "+0.167 [" in table

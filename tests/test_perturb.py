@@ -189,7 +189,7 @@ def test_layer_usage_around_gripper_events_and_lost_episodes():
 
 
 def test_drop_difference_is_paired_per_placement():
-    from actdistill.bench.robustness import drop_difference
+    from actdistill.evaluate import drop_difference
 
     clean = {"per_episode_success": {"t": [1, 1, 1, 1]}}
     student = {"clean": clean, "perturbed": {"per_episode_success": {"t": [0, 0, 1, 1]}}}  # drops 0.5

@@ -240,7 +240,8 @@ def cmd_spread(args) -> None:
 def cmd_compare(args) -> None:
     from actdistill.bench.compare import compare, compare_table, write_compare
 
-    report = compare([Path(p) for p in args.evaluations], names=args.names)
+    report = compare([Path(p) for p in args.evaluations], names=args.names,
+                     clean=[Path(p) for p in args.clean] if args.clean else None)
     print(compare_table(report))
     if args.out:
         out = write_compare(report, Path(args.out))
@@ -563,6 +564,8 @@ def _add_compare_command(sub) -> None:
                     "is the reference.")
     cp.add_argument("--names", nargs="+", help="a name per evaluation (default: the names they were evaluated under, "
                     "or their folder names).")
+    cp.add_argument("--clean", nargs="+", help="the same policies' unperturbed evaluations, in the same order, when "
+                    "the evaluations are under a perturbation: adds each one's drop and its drop minus the first's.")
     cp.add_argument("--out", help="write the report here (a .json; the table goes beside it as .md).")
     cp.set_defaults(func=cmd_compare, config=None, set=None, no_progress=True)
 

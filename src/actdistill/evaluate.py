@@ -52,6 +52,17 @@ def paired_bootstrap(a: dict[str, list[int]], b: dict[str, list[int]], samples: 
     return [point, float(lo), float(hi)]
 
 
+def drop_difference(policy: dict, reference: dict, samples: int) -> list[float]:
+    """(policy's drop) - (reference's drop), per placement, as mean over tasks with a paired 95% CI.
+
+    `policy` and `reference`: {"clean": row, "perturbed": row} with per-episode successes on the same placements."""
+    def drop(r: dict) -> dict[str, list[int]]:
+        return {t: (np.asarray(r["clean"]["per_episode_success"][t]) - np.asarray(r["perturbed"]["per_episode_success"][t])).tolist()
+                for t in r["clean"]["per_episode_success"]}
+
+    return paired_bootstrap(drop(policy), drop(reference), samples)
+
+
 _WORKER: dict[str, Any] = {}
 
 

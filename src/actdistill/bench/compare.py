@@ -8,6 +8,10 @@ per group and per task, as paired bootstrap differences over the shared placemen
 smaller model lose anything, where (which difficulty group) does the difference lie. The split (test or validation
 placements) is read from the placements themselves and printed, so a choice made from validation numbers stays
 visibly apart from a test row.
+
+Under a perturbation (`--clean`: the same policies' unperturbed evaluations on the same placements, in the same
+order), each policy also gets its drop against its own clean run, and every policy its drop minus the reference's
+drop, paired per placement: does a student lose more under noise than its teacher does?
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 
 from actdistill.artifacts import ArtifactError, read_json, write_report
 from actdistill.errors import ConfigError
-from actdistill.evaluate import RESULTS_FILE, paired_bootstrap
+from actdistill.evaluate import RESULTS_FILE, drop_difference, paired_bootstrap
 from actdistill.provenance import provenance
 from actdistill.sim import suite_for
 from actdistill.sim.base import placement_kind
@@ -41,16 +45,22 @@ def load_evaluation(item: Path) -> tuple[str, dict]:
     return str(path), row
 
 
-def compare(items: list[Path], names: list[str] | None = None, samples: int = 10_000) -> dict:
-    """The comparison report of the evaluations at `items`; the first is the reference (see the module docstring)."""
+def compare(items: list[Path], names: list[str] | None = None, samples: int = 10_000,
+            clean: list[Path] | None = None) -> dict:
+    """The comparison report of the evaluations at `items`; the first is the reference; `clean`: the unperturbed
+    evaluations of the same policies, in the same order (see the module docstring)."""
     if len(items) < 2:
         raise ConfigError(f"A comparison needs at least two evaluations, got {len(items)}.")
     if names is not None and len(names) != len(items):
         raise ConfigError(f"--names gives {len(names)} name(s) for {len(items)} evaluations; give one per evaluation.")
+    if clean is not None and len(clean) != len(items):
+        raise ConfigError(f"--clean gives {len(clean)} evaluation(s) for {len(items)}; give each policy's clean "
+                          f"evaluation, in the same order.")
     evals = [load_evaluation(Path(p)) for p in items]
+    cleans = [load_evaluation(Path(p)) for p in clean] if clean is not None else []
     (ref_path, ref), others = evals[0], evals[1:]
     tasks = tuple(ref["success_per_task"])
-    for path, row in others:
+    for path, row in others + cleans:
         if tuple(row["success_per_task"]) != tasks:
             raise ArtifactError(f"{path} was evaluated on other tasks than {ref_path}; a comparison pairs the same "
                                 f"tasks.")
@@ -77,6 +87,9 @@ def compare(items: list[Path], names: list[str] | None = None, samples: int = 10
                                            for g, ts in groups.items()},
                      "success_per_task": row["success_per_task"],
                      "revision": (row.get("provenance") or {}).get("git")})
+    for r, (_, row), (_, c) in zip(rows, evals, cleans):
+        r["clean_success_mean"] = c["success_mean"]
+        r["drop_vs_clean"] = paired_bootstrap(c["per_episode_success"], row["per_episode_success"], samples)
     differences = []
     ref_eps = ref["per_episode_success"]
     for label, (_, row) in zip(labels[1:], others):
@@ -87,9 +100,12 @@ def compare(items: list[Path], names: list[str] | None = None, samples: int = 10
             "per_group": {g: paired_bootstrap({t: eps[t] for t in ts}, {t: ref_eps[t] for t in ts}, samples)
                           for g, ts in groups.items()},
             "per_task": {t: paired_bootstrap({t: eps[t]}, {t: ref_eps[t]}, samples) for t in tasks}})
+    for d, (_, row), (_, c) in zip(differences, others, cleans[1:]):
+        d["drop_minus_reference_drop"] = drop_difference({"clean": c, "perturbed": row},
+                                                         {"clean": cleans[0][1], "perturbed": ref}, samples)
     kinds = {placement_kind(s) for s in ref["placement_seeds"]}
     split = SPLIT_NAMES.get(kinds.pop(), "other") if len(kinds) == 1 else "mixed"
-    return {"benchmark": suite.name, "split": split,
+    return {"benchmark": suite.name, "split": split, "against_clean": clean is not None,
             "episodes_per_task": len(ref_eps[tasks[0]]), "tasks": list(tasks),
             "groups": {g: list(ts) for g, ts in groups.items()}, "rows": rows, "differences": differences,
             "bootstrap_samples": samples, "provenance": provenance()}
@@ -102,18 +118,23 @@ def _diff(d: list[float]) -> str:
 def compare_table(report: dict) -> str:
     """Markdown: one line per policy (success, layers, groups), then one per difference against the reference."""
     groups = list(report["groups"])
+    drops = report.get("against_clean", False)
+    extra = " clean | drop vs clean [95% CI] |" if drops else ""
     lines = [f"{report['benchmark']}, {report['split']} placements, {report['episodes_per_task']} episodes per task.", "",
              "| policy | success (95% CI) | layers | " + " | ".join(f"{g} ({len(report['groups'][g])})" for g in groups)
-             + " |", "|" + "---|" * (3 + len(groups))]
+             + " |" + extra, "|" + "---|" * (3 + len(groups) + 2 * drops)]
     for r in report["rows"]:
         lo, hi = r["success_ci95"]
         cells = " | ".join(f"{r['success_per_group'][g]:.3f}" for g in groups)
+        tail = f" {r['clean_success_mean']:.3f} | {_diff(r['drop_vs_clean'])} |" if drops else ""
         lines.append(f"| {r['name']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {r['layers_executed_frac']:.2f} | "
-                     f"{cells} |")
-    lines += ["", "| difference [95% CI] | overall | " + " | ".join(groups) + " |", "|" + "---|" * (2 + len(groups))]
+                     f"{cells} |" + tail)
+    lines += ["", "| difference [95% CI] | overall | " + " | ".join(groups) + " |"
+              + (" drop minus the reference's drop |" if drops else ""), "|" + "---|" * (2 + len(groups) + drops)]
     for d in report["differences"]:
         cells = " | ".join(_diff(d["per_group"][g]) for g in groups)
-        lines.append(f"| {d['name']} - {d['reference']} | {_diff(d['overall'])} | {cells} |")
+        tail = f" {_diff(d['drop_minus_reference_drop'])} |" if drops else ""
+        lines.append(f"| {d['name']} - {d['reference']} | {_diff(d['overall'])} | {cells} |" + tail)
     return "\n".join(lines) + "\n"
 
 

@@ -24,7 +24,7 @@ from actdistill.artifacts import atomic_write_bytes, atomic_write_json, read_jso
 from actdistill.bench.ablation import format_delta, variant_policy
 from actdistill.bench.rows import BASELINES, Bench, chosen_baselines
 from actdistill.config import BenchConfig, RobustnessConfig
-from actdistill.evaluate import paired_bootstrap
+from actdistill.evaluate import drop_difference, paired_bootstrap
 from actdistill.provenance import provenance
 from actdistill.sim import get_suite
 
@@ -87,17 +87,6 @@ def robustness_rows(cells: dict, conditions: tuple[str, ...], samples: int) -> l
                 row["gate_flip_rate"] = gs["flip_rate"]
             rows.append(row)
     return rows
-
-
-def drop_difference(policy: dict, reference: dict, samples: int) -> list[float]:
-    """(policy's drop) - (reference's drop), per placement, as mean over tasks with a paired 95% CI.
-
-    `policy` and `reference`: {"clean": row, "perturbed": row} with per-episode successes on the same placements."""
-    def drop(r: dict) -> dict[str, list[int]]:
-        return {t: (np.asarray(r["clean"]["per_episode_success"][t]) - np.asarray(r["perturbed"]["per_episode_success"][t])).tolist()
-                for t in r["clean"]["per_episode_success"]}
-
-    return paired_bootstrap(drop(policy), drop(reference), samples)
 
 
 def drop_comparisons(cells: dict, cfg: RobustnessConfig, groups: dict) -> list[dict]:
