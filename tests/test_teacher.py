@@ -99,3 +99,37 @@ def test_weight_average_settings_are_checked():
     with pytest.raises(ConfigError, match="cannot be combined with train.sharding=fsdp"):
         TrainConfig(ema_decay=0.999, sharding="fsdp")
     assert "ema_decay" not in TrainConfig().to_dict()  # off: earlier config hashes stay valid
+
+
+def test_instruction_rewording_trains_on_training_rewordings_only_and_resumes_the_same(tiny_demos, tmp_path,
+                                                                                     monkeypatch):
+    from actdistill.constants import OBS_LANG, TASK_ID
+    from actdistill.models.language import rewording_table
+    from actdistill.models.vla import ReferenceVLA
+    from actdistill.sim.instructions import REWORDINGS
+
+    cfg = dataclasses.replace(tiny_teacher_config(steps=6), instruction_reword=1.0)
+    seen = []
+    forward = ReferenceVLA.forward
+
+    def spy(self, batch, *a, **kw):
+        seen.append((batch[OBS_LANG].clone(), batch[TASK_ID].clone()))
+        return forward(self, batch, *a, **kw)
+
+    monkeypatch.setattr(ReferenceVLA, "forward", spy)
+    s = train_teacher(cfg, tiny_demos, tmp_path / "whole", progress=False)
+    tasks = tuple(s and load_teacher(tmp_path / "whole")[1]["header"]["tasks"])
+    table = rewording_table(tasks, "teacher.instruction_reword")  # (tasks, K, D)
+    assert all(t in REWORDINGS for t in tasks) and len(seen) == 6
+    for lang, task_id in seen:  # p = 1: every row carries one of its own task's training rewordings
+        dist = (lang[:, None, :] - table[task_id]).abs().amax(-1).min(-1).values
+        assert dist.max() < 1e-6
+    assert "instruction_reword" in json.loads((tmp_path / "whole" / "config.json").read_text())
+    # the draw depends on seed and step only: a resumed run ends with the same weights
+    train_teacher(cfg, tiny_demos, tmp_path / "resumed", progress=False, stop_after=3)
+    train_teacher(cfg, tiny_demos, tmp_path / "resumed", progress=False)
+    a, b = (load_tensors(tmp_path / d / "model.safetensors", d) for d in ("whole", "resumed"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    with pytest.raises(ConfigError, match="instruction_reword must be in"):
+        dataclasses.replace(cfg, instruction_reword=1.5)

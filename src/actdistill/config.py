@@ -269,6 +269,15 @@ class TeacherConfig(_Base):
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # instruction augmentation: with this probability a training row's instruction embedding is replaced by one of
+    # its task's training-only rewordings (sim/instructions.py REWORDINGS; never the held-out paraphrases); 0 = off
+    instruction_reword: float = 0.0
+
+    _LATER_FIELDS = ("instruction_reword",)
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.instruction_reword <= 1.0,
+               f"TeacherConfig.instruction_reword must be in [0, 1], got {self.instruction_reword}.")
 
 
 @dataclass

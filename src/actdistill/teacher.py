@@ -9,10 +9,11 @@ import torch
 from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, load_checked_weights,
                                   make_header, read_header, read_json, write_header)
 from actdistill.config import ConfigError, TeacherConfig
-from actdistill.constants import CONFIG_FILE, WEIGHTS_FILE
+from actdistill.constants import CONFIG_FILE, OBS_LANG, TASK_ID, WEIGHTS_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
 from actdistill.models.heads import check_head_family
+from actdistill.models.language import reword, rewording_table
 from actdistill.models.vla import ReferenceVLA
 from actdistill.training import distributed_summary, main_process_writes, train_loop
 
@@ -37,12 +38,26 @@ def train_teacher(cfg: TeacherConfig, dataset_path: Path, out_dir: Path, progres
     mean, std = data.state_stats()
     model.state_mean.copy_(mean)
     model.state_std.copy_(std)
+    identity = {"model": cfg.model.to_dict(), "dataset": data.fingerprint}
+    loss_fn = None
+    if cfg.instruction_reword > 0:
+        identity["instruction_reword"] = cfg.instruction_reword
+        loss_fn = reworded_loss(rewording_table(data.task_names, "teacher.instruction_reword"), cfg.instruction_reword,
+                                cfg.train.seed)
     result = train_loop(model=model, dataset=data, cfg=cfg.train, out_dir=out_dir, stage="train-teacher",
-                        identity={"model": cfg.model.to_dict(), "dataset": data.fingerprint}, progress=progress,
-                        stop_after=stop_after)
+                        identity=identity, progress=progress, stop_after=stop_after, loss_fn=loss_fn)
     if result.steps < cfg.train.steps:
         return {"stopped_at": result.steps}
     return main_process_writes(out_dir, lambda: _write_teacher(model, cfg, data, tasks, result, out_dir))
+
+
+def reworded_loss(table: torch.Tensor, p: float, seed: int):
+    """The teacher's loss on batches whose instructions are reworded with probability p (from `table`, the
+    (tasks, K, D) rewording embeddings); the draw is a function of seed and step, so a resumed run draws the same."""
+    def loss_fn(model, batch, step):
+        gen = torch.Generator().manual_seed(seed * 15_485_863 + step)
+        return model({**batch, OBS_LANG: reword(batch[OBS_LANG], batch[TASK_ID], table, p, gen)})
+    return loss_fn
 
 
 def _write_teacher(model, cfg: TeacherConfig, data, tasks, result, out_dir: Path) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from actdistill.constants import OBS_IMAGE, OBS_LANG, TASK_ID
+from actdistill.models.language import reword, rewording_table
 
 
 def photometric_jitter(images: torch.Tensor, jitter: float, generator: torch.Generator) -> torch.Tensor:
@@ -45,31 +46,10 @@ def embedding_noise(emb: torch.Tensor, scale: float, generator: torch.Generator)
     return torch.nn.functional.normalize(emb + (radius * direction).to(emb), dim=1)
 
 
-def rewording_table(tasks: tuple[str, ...]) -> torch.Tensor:
-    """(tasks, K, D) sentence embeddings of each task's training rewordings (a task with fewer than K repeats its
-    own, so every rewording of a task is drawn equally often up to the rounding)."""
-    from actdistill.models.language import shared_language_encoder
-    from actdistill.sim.instructions import rewordings_for
-
-    per_task = rewordings_for(tasks)
-    k = max(len(r) for r in per_task)
-    enc = shared_language_encoder()
-    return torch.stack([enc.encode([r[i % len(r)] for i in range(k)]) for r in per_task])
-
-
 def view_rewordings(cfg, tasks: tuple[str, ...]) -> torch.Tensor | None:
     """The rewording table a distillation with config `cfg` (DistillConfig) needs for its view, or None."""
-    return rewording_table(tuple(tasks)) if cfg.router_consistency > 0 and cfg.router_reword > 0 else None
-
-
-def reword(emb: torch.Tensor, task_id: torch.Tensor, table: torch.Tensor, p: float,
-           generator: torch.Generator) -> torch.Tensor:
-    """(B, D) instruction embeddings, each replaced with probability p by a uniformly drawn one of its task's
-    training rewordings; `table` is (tasks, K, D), indexed by the batch's task ids."""
-    b, k = emb.shape[0], table.shape[1]
-    pick = torch.randint(0, k, (b,), generator=generator)
-    swap = torch.rand(b, generator=generator) < p
-    return torch.where(swap.unsqueeze(1).to(emb.device), table[task_id.cpu(), pick].to(emb), emb)
+    return (rewording_table(tuple(tasks), "distill.router_reword") if cfg.router_consistency > 0 and cfg.router_reword > 0
+            else None)
 
 
 def router_view(batch: dict, jitter: float, lang_noise: float, generator: torch.Generator,

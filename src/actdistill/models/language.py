@@ -49,3 +49,25 @@ def shared_language_encoder() -> LanguageEncoder:
     if _SHARED is None:
         _SHARED = LanguageEncoder()
     return _SHARED
+
+
+def rewording_table(tasks: tuple[str, ...], option: str) -> torch.Tensor:
+    """(tasks, K, D) sentence embeddings of each task's training rewordings (a task with fewer than K repeats its
+    own, so every rewording of a task is drawn equally often up to the rounding); `option` names the setting that
+    needs them, for the error when a task has none."""
+    from actdistill.sim.instructions import rewordings_for
+
+    per_task = rewordings_for(tasks, option)
+    k = max(len(r) for r in per_task)
+    enc = shared_language_encoder()
+    return torch.stack([enc.encode([r[i % len(r)] for i in range(k)]) for r in per_task])
+
+
+def reword(emb: torch.Tensor, task_id: torch.Tensor, table: torch.Tensor, p: float,
+           generator: torch.Generator) -> torch.Tensor:
+    """(B, D) instruction embeddings, each replaced with probability p by a uniformly drawn one of its task's
+    training rewordings; `table` is (tasks, K, D), indexed by the batch's task ids."""
+    b, k = emb.shape[0], table.shape[1]
+    pick = torch.randint(0, k, (b,), generator=generator)
+    swap = torch.rand(b, generator=generator) < p
+    return torch.where(swap.unsqueeze(1).to(emb.device), table[task_id.cpu(), pick].to(emb), emb)

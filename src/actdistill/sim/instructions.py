@@ -2,8 +2,8 @@
 
 The first string is the training instruction; the paraphrases are held out
 for a later language-generalisation test and never used in training.
-REWORDINGS are further phrasings written for training only (the router-consistency
-view, distill.router_reword); none of them is a held-out paraphrase.
+REWORDINGS are further phrasings written for training only (teacher.instruction_reword, and the
+router-consistency view, distill.router_reword); none of them is a held-out paraphrase.
 """
 
 from __future__ import annotations
@@ -142,12 +142,76 @@ REWORDINGS: dict[str, tuple[str, ...]] = {
     "window-close-v3": ("get the window closed", "slide the window shut", "move the window closed"),
 }
 
+# Training-only rewordings of the other 40 MT50 tasks (teacher.instruction_reword, distill.router_reword), under the
+# same rule: never the instruction or a held-out paraphrase of any task.
+REWORDINGS.update({
+    "assembly-v3": ("lower the ring around the peg", "place the ring around the peg", "thread the ring onto the peg"),
+    "basketball-v3": ("carry the ball to the hoop and drop it in", "lift the ball and sink it in the basket",
+                      "get the ball into the basket"),
+    "bin-picking-v3": ("carry the puck over to the second bin", "pick the puck up and drop it in the other bin",
+                       "move the disc between the bins"),
+    "box-close-v3": ("lift the lid and set it on the box", "place the cover on top of the box", "shut the box lid"),
+    "button-press-topdown-wall-v3": ("reach over the wall and press the button down",
+                                     "push the button from above, behind the wall", "press the walled top button"),
+    "button-press-v3": ("press in the button", "push the button forward", "poke the button"),
+    "button-press-wall-v3": ("push the button on the far side of the wall", "press the button that sits behind the wall",
+                             "reach around the wall to press the button"),
+    "coffee-button-v3": ("hit the coffee machine button", "press the coffee maker's button",
+                         "push the button to brew coffee"),
+    "coffee-pull-v3": ("pull the cup out from the coffee maker", "draw the mug away from the coffee maker",
+                       "slide the mug out of the machine"),
+    "coffee-push-v3": ("slide the mug under the coffee maker", "push the cup beneath the spout",
+                       "move the cup under the coffee machine"),
+    "dial-turn-v3": ("spin the dial", "turn the knob around", "rotate the dial"),
+    "disassemble-v3": ("pull the ring up off the peg", "lift the ring away from the peg", "take the nut off the peg"),
+    "door-close-v3": ("shut the door", "push the door shut", "close the open door"),
+    "door-lock-v3": ("secure the door with its lock", "twist the lock so the door is locked", "set the door lock"),
+    "door-unlock-v3": ("turn the door lock to unlocked", "twist the lock so the door is unlocked",
+                       "release the door lock"),
+    "hand-insert-v3": ("lower the gripper into the hole", "put the gripper down in the hole",
+                       "insert the hand into the opening"),
+    "faucet-open-v3": ("turn the tap on", "twist the faucet open", "open the faucet"),
+    "faucet-close-v3": ("turn the tap off", "twist the faucet shut", "close the faucet"),
+    "hammer-v3": ("pick up the hammer and hit the nail", "knock the nail in with the hammer", "hammer in the nail"),
+    "handle-press-side-v3": ("press down the side handle", "force the side handle downward",
+                             "lower the handle from the side"),
+    "handle-press-v3": ("force the handle downward", "press the handle to the bottom", "lower the handle"),
+    "handle-pull-side-v3": ("pull up the side handle", "bring the side handle upward", "lift the handle from the side"),
+    "handle-pull-v3": ("pull up the handle", "bring the handle upward", "raise the handle all the way"),
+    "lever-pull-v3": ("pull the lever over", "draw the lever toward you", "swing the lever"),
+    "pick-place-wall-v3": ("lift the puck over the wall and set it on the goal", "carry the puck over the wall to the goal",
+                           "pick up the puck and put it on the far side of the wall"),
+    "pick-out-of-hole-v3": ("pull the puck up out of the hole", "retrieve the puck from inside the hole",
+                            "grab the puck in the hole and lift it out"),
+    "plate-slide-v3": ("push the plate into the net", "slide the plate to the goal", "shove the plate into the goal"),
+    "plate-slide-side-v3": ("push the plate sideways into the goal", "slide the plate into the goal from the side",
+                            "shove the plate in from the side"),
+    "plate-slide-back-v3": ("draw the plate away from the goal", "slide the plate out of the goal", "draw the plate back"),
+    "plate-slide-back-side-v3": ("draw the plate away from the goal to the side", "slide the plate out of the goal sideways",
+                                 "draw the plate back from the side"),
+    "peg-unplug-side-v3": ("extract the peg sideways", "unplug the peg sideways", "take the peg out of its socket"),
+    "soccer-v3": ("push the ball into the goal", "kick the ball into the net", "get the ball into the goal"),
+    "stick-push-v3": ("push the box with the stick", "take the stick and push the box", "shove the box using the stick"),
+    "stick-pull-v3": ("pull the box with the stick", "take the stick and pull the box", "drag the box using the stick"),
+    "push-wall-v3": ("push the puck around the wall to the goal", "get the puck to the goal on the other side of the wall",
+                     "shove the puck to the target behind the wall"),
+    "push-back-v3": ("pull the puck to the goal", "drag the puck back to the goal", "bring the puck back to the target"),
+    "reach-wall-v3": ("reach past the wall to the goal", "move the hand to the goal behind the wall",
+                      "go to the target behind the wall"),
+    "shelf-place-v3": ("move the puck up to the shelf", "raise the puck and leave it on the shelf",
+                       "place the disc on the shelf"),
+    "sweep-into-v3": ("sweep the puck into the goal hole", "push the puck into the opening",
+                      "brush the puck into the hole"),
+    "sweep-v3": ("sweep the puck off the edge", "clear the puck off the table", "brush the puck off the table"),
+})
 
-def rewordings_for(tasks: tuple[str, ...] | list[str]) -> list[tuple[str, ...]]:
-    """The training rewordings of each task, in order; one sentence naming the tasks that have none."""
+
+def rewordings_for(tasks: tuple[str, ...] | list[str], option: str = "distill.router_reword") -> list[tuple[str, ...]]:
+    """The training rewordings of each task, in order; one sentence naming the tasks that have none and the
+    setting (`option`) that asked for them."""
     missing = [t for t in tasks if t not in REWORDINGS]
     if missing:
-        raise ConfigError(f"distill.router_reword needs training rewordings of every task, and "
+        raise ConfigError(f"{option} needs training rewordings of every task, and "
                          f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} none "
-                         "(sim/instructions.py REWORDINGS); set distill.router_reword=0.")
+                         f"(sim/instructions.py REWORDINGS); set {option}=0.")
     return [REWORDINGS[t] for t in tasks]
