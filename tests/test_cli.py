@@ -201,7 +201,7 @@ def test_tiny_ablation_on_validation_placements(tiny_run):
     # every variant also under the perturbation, paired with its own clean run and with full under it
     for name, r in rows.items():
         cell = r["perturbed"]["brightness"]
-        assert len(cell["drop_vs_clean"]) == 3 and ("delta_vs_full" in cell) == (name != "full")
+        assert len(cell["drop_vs_clean"]) == 3 and ("delta_vs_reference" in cell) == (name != "full")
     assert "| consistency-reword | brightness |" in (tmp_path / "run" / "ablation-rho0.5" / "ablation.md").read_text()
     # snapping: the first calibration round fixes nearly constant gates, and the snapped student is measured again
     cal = rows["snap"]["calibration"]
@@ -212,7 +212,7 @@ def test_tiny_ablation_on_validation_placements(tiny_run):
     assert res["split"] == "val" and "provenance" in res
     for name, r in rows.items():
         assert all(s >= 200_000_000 for s in r["placement_seeds"])  # validation placements, not test ones
-        assert ("delta_vs_full" in r) == (name != "full")
+        assert ("delta_vs_reference" in r) == (name != "full")
     assert rows["router-kd"]["kind"] == "router-kd" and rows["quantile"]["overrides"]["distill.gating"] == "quantile"
     # quantile gating: one calibration round that measures and never shifts
     q = json.loads((tmp_path / "run" / "ablation-rho0.5" / "quantile" / "student" / "header.json").read_text())["summary"]
@@ -220,6 +220,23 @@ def test_tiny_ablation_on_validation_placements(tiny_run):
     d = json.loads((tmp_path / "run" / "ablation-rho0.5" / "norm-initial" / "distill" / "header.json").read_text())["summary"]
     assert len(d["initial_streams"]) == 2 and d["initial_streams"][1] > 0  # the streams' size with a random rho of layers
     assert "delta vs full" in (tmp_path / "run" / "ablation-rho0.5" / "ablation.md").read_text()
+    # another reference, without the unsettled full row: every stage is reused and the rows pair with full+settle
+    again = subprocess.run([sys.executable, "-m", "actdistill.cli", "ablate", "--run", str(tmp_path / "run"), "--rho", "0.5",
+                            "--episodes", "2", "--variants", "full+settle", "quantile", "--reference", "full+settle",
+                            "--set", "eval.max_steps=8", "--set", "eval.workers=1", "--set", "bootstrap_samples=50",
+                            "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    res2 = json.loads((tmp_path / "run" / "ablation-rho0.5" / "ablation.json").read_text())
+    assert res2["reference"] == "full+settle" and {s["status"] for s in res2["stages"]} == {"reused"}
+    rows2 = {r["variant"]: r for r in res2["rows"]}
+    assert "delta_vs_reference" not in rows2["full+settle"]
+    d = rows2["quantile"]["delta_vs_reference"]
+    assert abs(d[0] - (rows2["quantile"]["success_mean"] - rows2["full+settle"]["success_mean"])) < 1e-9
+    assert "delta vs full+settle" in (tmp_path / "run" / "ablation-rho0.5" / "ablation.md").read_text()
+    # a reference that is not one of the variants is refused before any work
+    bad_ref = subprocess.run([sys.executable, "-m", "actdistill.cli", "ablate", "--run", str(tmp_path / "run"),
+                              "--variants", "quantile", "--reference", "full"], capture_output=True, text=True, timeout=300)
+    assert bad_ref.returncode == 2 and "must be one of the variants" in bad_ref.stderr
     # a test-split evaluation is refused before any work
     bad = subprocess.run([sys.executable, "-m", "actdistill.cli", "ablate", "--run", str(tmp_path / "run"),
                           "--set", "eval.split=test"], capture_output=True, text=True, timeout=300)

@@ -208,7 +208,7 @@ def cmd_ablate(args) -> None:
     from actdistill.bench.ablation import ablation_table, run_ablation
 
     cfg = _build_config(AblationConfig, args, {"rho": "rho", "episodes": "eval.episodes_per_task", "variants": "variants",
-                                               "perturbations": "perturbations"})
+                                               "perturbations": "perturbations", "reference": "reference"})
     r = run_ablation(Path(args.run), cfg, progress=not args.no_progress)
     print_table(r["stages"], ["stage", "status", "seconds", "note"], "ablation stages")
     print("\n" + ablation_table(r["rows"], cfg))
@@ -496,11 +496,14 @@ def _add_pipeline_commands(sub) -> None:
     ab = sub.add_parser("ablate", help="variants of the distillation at one budget, on validation placements.",
                         description="Distil, export and evaluate each variant (full, no semantic stream, no action stream, "
                         "router-KD, stream normalisations, quantile gating, hybrid depth, settled) on a finished `actdistill "
-                        "run` folder; every row is evaluated on validation placements and paired with the full method.")
+                        "run` folder; every row is evaluated on validation placements and paired with a reference variant (the full "
+                        "method unless --reference names another).")
     ab.add_argument("--run", required=True, help="folder of a finished `actdistill run` (runs/default).")
     ab.add_argument("--rho", type=float, help="the budget (default 0.3).")
     ab.add_argument("--episodes", type=int, help="validation episodes per task (default 30).")
-    ab.add_argument("--variants", nargs="+", help="which variants (default: all; 'full' is always needed).")
+    ab.add_argument("--variants", nargs="+", help="which variants (default: all).")
+    ab.add_argument("--reference", help="the variant every other row is paired with (default 'full'; it must be one "
+                    "of --variants).")
     ab.add_argument("--perturbations", nargs="+", help="also evaluate every variant under these perturbations (presets "
                     "or kind:level, as in `actdistill robustness`), on the same validation placements.")
     _common(ab)

@@ -545,8 +545,9 @@ class AblationConfig(_Base):
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes_per_task=30, split="val"))
     bootstrap_samples: int = 2000
     perturbations: tuple[str, ...] = ()  # also evaluate every variant under these (sim/perturb.py), on validation
+    reference: str = "full"  # the variant every other row is paired with; it must be one of `variants`
 
-    _LATER_FIELDS = ("perturbations",)
+    _LATER_FIELDS = ("perturbations", "reference")
 
     def __post_init__(self) -> None:
         self.variants = tuple(self.variants)
@@ -556,6 +557,8 @@ class AblationConfig(_Base):
                                             "AblationConfig.perturbations.")
         _check(0.0 < self.rho <= 1.0, f"AblationConfig.rho must be in (0, 1], got {self.rho}.")
         _check(len(self.variants) > 0, "AblationConfig.variants must name at least one variant.")
+        _check(self.reference in self.variants, f"AblationConfig.reference {self.reference!r} must be one of the variants "
+                                                f"({', '.join(self.variants)}): every other row is paired with it.")
         _check(self.eval.split == "val", "AblationConfig.eval.split must be 'val': choices are made on validation "
                                          "placements, never on the test placements the reported numbers use.")
         _positive(self, "bootstrap_samples")

@@ -2,7 +2,8 @@
 
 Every variant is distilled from the same teacher and cache, exported (calibrated, and settled where it says
 so) like the default student, and evaluated on validation placements, which no reported number uses; each
-row carries its paired difference to the full method on the same placements.
+row carries its paired difference to a reference variant (the full method unless `--reference` names another) on
+the same placements.
 """
 
 from __future__ import annotations
@@ -92,13 +93,11 @@ def variant_policy(run_dir: Path, rho: float, name: str) -> Path:
     path = folder if kind == "router-kd" else folder / "student"
     if not (path / HEADER_FILE).is_file():
         raise ConfigError(f"No exported policy of ablation variant {name!r} at rho {rho} in {path}; run `actdistill "
-                          f"ablate --run {run_dir} --rho {rho} --variants full {name}` first.")
+                          f"ablate --run {run_dir} --rho {rho} --variants {name} --reference {name}` first.")
     return path
 
 
 def run_ablation(run_dir: Path, cfg: AblationConfig, progress: bool = True) -> dict:
-    if "full" not in cfg.variants:
-        raise ConfigError("AblationConfig.variants must include 'full': every row is compared with it.")
     for name in cfg.variants:
         variant_spec(name)  # every name checked before any work starts
     run = RunArtifacts(run_dir)
@@ -159,9 +158,9 @@ def evaluate_variant(st: StageRunner, name: str, policy_dir: Path, weights_hash:
                   lambda s: str(eval_dir / RESULTS_FILE))
 
 
-def perturbed_rows(rows: dict, perturbed: dict, samples: int) -> dict:
+def perturbed_rows(rows: dict, perturbed: dict, samples: int, reference: str) -> dict:
     """variant -> perturbation -> success, its CI, layers, the paired drop against the same variant clean and the
-    paired difference against the full method under the same perturbation."""
+    paired difference against the reference variant under the same perturbation."""
     out = {}
     for name, by_p in perturbed.items():
         clean = rows[name]["per_episode_success"]
@@ -170,26 +169,27 @@ def perturbed_rows(rows: dict, perturbed: dict, samples: int) -> dict:
             cell = {"success_mean": r["success_mean"], "success_ci95": r["success_ci95"],
                     "layers_executed_frac": r.get("layers_executed_frac", 1.0),
                     "drop_vs_clean": paired_bootstrap(clean, r["per_episode_success"], samples)}
-            if name != "full":
-                cell["delta_vs_full"] = paired_bootstrap(r["per_episode_success"],
-                                                         perturbed["full"][p]["per_episode_success"], samples)
+            if name != reference:
+                cell["delta_vs_reference"] = paired_bootstrap(r["per_episode_success"],
+                                                              perturbed[reference][p]["per_episode_success"], samples)
             out[name][p] = cell
     return out
 
 
 def finish_ablation(rows: dict, cfg: AblationConfig, rc: RunConfig, out: Path, content_hash: str, st: StageRunner,
                     perturbed: dict | None = None) -> dict:
-    full = rows["full"]["per_episode_success"]
-    under = perturbed_rows(rows, perturbed or {}, cfg.bootstrap_samples)
+    ref = rows[cfg.reference]["per_episode_success"]
+    under = perturbed_rows(rows, perturbed or {}, cfg.bootstrap_samples, cfg.reference)
     out_rows = []
     for name, r in rows.items():
         row = {k: v for k, v in r.items() if k != "per_episode_success"}
-        if name != "full":
-            row["delta_vs_full"] = paired_bootstrap(r["per_episode_success"], full, cfg.bootstrap_samples)
+        if name != cfg.reference:
+            row["delta_vs_reference"] = paired_bootstrap(r["per_episode_success"], ref, cfg.bootstrap_samples)
         if under.get(name):
             row["perturbed"] = under[name]
         out_rows.append(row)
     results = {"benchmark": get_suite(rc.collect.sim.suite).name, "kind": "ablation", "rho": cfg.rho, "split": cfg.eval.split,
+               "reference": cfg.reference,
                "config": {"run": rc.to_dict(), "ablation": cfg.to_dict()}, "provenance": provenance(),
                "dataset_content_hash": content_hash, "rows": out_rows, "stages": st.rows}
     atomic_write_json(out / "ablation.json", results)
@@ -200,23 +200,24 @@ def finish_ablation(rows: dict, cfg: AblationConfig, rc: RunConfig, out: Path, c
 def ablation_table(rows: list[dict], cfg: AblationConfig) -> str:
     lines = [f"Ablation at rho {cfg.rho}, {cfg.eval.episodes_per_task} validation episodes per task "
              f"(placements disjoint from the demonstrations and from the test placements).", "",
-             "| variant | success (95% CI) | delta vs full [95% CI] | layers executed | calibration (executed fraction by round) |",
+             f"| variant | success (95% CI) | delta vs {cfg.reference} [95% CI] | layers executed | "
+             "calibration (executed fraction by round) |",
              "|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["success_ci95"]
-        d_s = format_delta(r.get("delta_vs_full"))
+        d_s = format_delta(r.get("delta_vs_reference"))
         cal = " / ".join(f"{c['layers_executed_frac']:.2f}" for c in r["calibration"])
         lines.append(f"| {r['variant']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {d_s} | "
                      f"{r.get('layers_executed_frac', 1.0):.3f} | {cal} |")
     if any("perturbed" in r for r in rows):
         lines += ["", "Under perturbation (same validation placements and perturbation draws for every variant):", "",
-                  "| variant | perturbation | success (95% CI) | drop vs its clean [95% CI] | delta vs full [95% CI] | "
+                  f"| variant | perturbation | success (95% CI) | drop vs its clean [95% CI] | delta vs {cfg.reference} [95% CI] | "
                   "layers executed |", "|---|---|---|---|---|---|"]
         for r in rows:
             for p, c in r.get("perturbed", {}).items():
                 lo, hi = c["success_ci95"]
                 lines.append(f"| {r['variant']} | {p} | {c['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | "
-                             f"{format_delta(c['drop_vs_clean'])} | {format_delta(c.get('delta_vs_full'))} | "
+                             f"{format_delta(c['drop_vs_clean'])} | {format_delta(c.get('delta_vs_reference'))} | "
                              f"{c['layers_executed_frac']:.3f} |")
     return "\n".join(lines) + "\n"
 
