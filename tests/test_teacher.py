@@ -133,3 +133,20 @@ def test_instruction_rewording_trains_on_training_rewordings_only_and_resumes_th
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
     with pytest.raises(ConfigError, match="instruction_reword must be in"):
         dataclasses.replace(cfg, instruction_reword=1.5)
+
+
+def test_step_generator_is_the_base_seed_on_one_process_and_differs_per_process(monkeypatch):
+    import actdistill.training as training
+
+    one = training.step_generator(12345)
+    assert torch.equal(torch.rand(8, generator=one), torch.rand(8, generator=torch.Generator().manual_seed(12345)))
+
+    class Rank:
+        def __init__(self, index):
+            self.process_index = index
+
+    draws = []
+    for index in (0, 1):
+        monkeypatch.setattr(training, "distributed_state", lambda index=index: Rank(index))
+        draws.append(torch.rand(8, generator=training.step_generator(12345)))
+    assert not torch.equal(draws[0], draws[1])

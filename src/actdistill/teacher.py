@@ -15,7 +15,7 @@ from actdistill.data.hdf5 import read_demos
 from actdistill.models.heads import check_head_family
 from actdistill.models.language import reword, rewording_table
 from actdistill.models.vla import ReferenceVLA
-from actdistill.training import distributed_summary, main_process_writes, train_loop
+from actdistill.training import distributed_summary, main_process_writes, step_generator, train_loop
 
 
 def train_teacher(cfg: TeacherConfig, dataset_path: Path, out_dir: Path, progress: bool = True,
@@ -55,7 +55,7 @@ def reworded_loss(table: torch.Tensor, p: float, seed: int):
     """The teacher's loss on batches whose instructions are reworded with probability p (from `table`, the
     (tasks, K, D) rewording embeddings); the draw is a function of seed and step, so a resumed run draws the same."""
     def loss_fn(model, batch, step):
-        gen = torch.Generator().manual_seed(seed * 15_485_863 + step)
+        gen = step_generator(seed * 15_485_863 + step)
         return model({**batch, OBS_LANG: reword(batch[OBS_LANG], batch[TASK_ID], table, p, gen)})
     return loss_fn
 

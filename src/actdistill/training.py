@@ -115,6 +115,14 @@ def batch_indices(n: int, step: int, batch_size: int, seed: int, rank: int = 0, 
     return perm[start:start + batch_size] if n >= global_bs else perm[torch.arange(batch_size) % n]
 
 
+def step_generator(base: int) -> torch.Generator:
+    """The generator of one training step's random draws inside a loss (instruction rewording, router views):
+    `base` is a pure function of the seed and the step, so a resumed run draws the same; each process adds its
+    index times an odd 32-bit constant (the CPU generator keeps the low 32 bits of a seed), so processes under DDP
+    draw independently while a single process draws exactly `base`."""
+    return torch.Generator().manual_seed(base + distributed_state().process_index * 0x9E3779B1)
+
+
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """DrQ-style random shift of (B, H, W, 3) uint8 images by up to `pad` pixels (edge padding)."""
     if pad <= 0:

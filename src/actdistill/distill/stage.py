@@ -25,7 +25,7 @@ from actdistill.distill.routing import RoutedStudent
 from actdistill.models.heads import action_loss
 from actdistill.probe.stage import load_probe_artifact
 from actdistill.teacher import load_teacher
-from actdistill.training import distributed_summary, main_process_writes, train_loop, unwrap
+from actdistill.training import distributed_summary, main_process_writes, step_generator, train_loop, unwrap
 
 
 def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, soft: bool,
@@ -35,7 +35,7 @@ def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, s
     `step` seeds the router-consistency view (a pure function of seed and step, so a resumed run draws the same);
     `rewordings` = the (tasks, K, D) table of training rewordings when cfg.router_reword > 0."""
     if cfg.router_consistency > 0:
-        gen = torch.Generator().manual_seed(cfg.train.seed * 104_729 + step)
+        gen = step_generator(cfg.train.seed * 104_729 + step)
         view = router_view(batch, cfg.router_jitter, cfg.router_lang_noise, gen, rewordings, cfg.router_reword)
         batch = {**batch, ROUTER_VIEW: view}
     out = model(batch, soft=soft)  # through the DDP wrapper when several processes train
