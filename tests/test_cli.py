@@ -79,6 +79,9 @@ def tiny_run(tmp_path_factory):
 def test_tiny_end_to_end_run_through_the_cli(tiny_run):
     tmp_path, proc = tiny_run
     assert "pipeline" in proc.stdout and "closed-loop success" in proc.stdout
+    # a line per stage on stderr as it goes, and no progress bar of any library under --no-progress
+    assert "] train-teacher: started (" in proc.stderr and "] evaluate student: ran in " in proc.stderr
+    assert "Loading weights" not in proc.stderr and "it/s]" not in proc.stderr
     res = json.loads((tmp_path / "run" / "mt10.json").read_text())
     teacher, student = res["rows"]
     assert teacher["name"] == "teacher" and teacher["episodes_per_task"] == 1

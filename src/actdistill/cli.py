@@ -350,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # also the weight-loading bars of the language encoder
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # and in the evaluation workers, which import it anew
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch only rank 0 prints the summary
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     finished = False

@@ -8,6 +8,7 @@ crash or a config change redoes only what changed.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -34,24 +35,33 @@ def finished(folder: Path, stage: str, config: dict, inputs: dict) -> dict | Non
 class StageRunner:
     """Runs stages, reusing a finished artifact of the same config and inputs, and keeps a row per stage."""
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: bool = False) -> None:
         self.rows: list[dict] = []
         self.now = provenance()
         self.notices: list[str] = []  # one line per stage reused across a version or code change
+        self.quiet = quiet  # else a timestamped line on stderr as each stage starts and ends (a background run's log)
 
     def run(self, name: str, stage: str, folder: Path, config: dict, inputs: dict, fn: Callable[[], dict],
             note: Callable[[dict], str], output: Callable[[dict], str]) -> dict:
         header = finished(folder, stage, config, inputs)
         if header is None:
+            self._line(f"{name}: started ({folder})")
             summary, status = fn(), "ran"
         else:
             summary, status = header["summary"], "reused"
             changes = version_changes(header.get("provenance"), self.now)
             if changes:
                 self.notices.append(f"{name}: reused an artifact made with other versions ({'; '.join(changes)}).")
-        self.rows.append({"stage": name, "status": status, "seconds": summary.get("seconds"), "note": note(summary),
-                          "output": output(summary)})
+        row = {"stage": name, "status": status, "seconds": summary.get("seconds"), "note": note(summary),
+               "output": output(summary)}
+        self.rows.append(row)
+        took = f" in {row['seconds']:.0f} s" if status == "ran" and isinstance(row["seconds"], (int, float)) else ""
+        self._line(f"{name}: {status}{took}" + (f", {row['note']}" if row["note"] else ""))
         return summary
+
+    def _line(self, text: str) -> None:
+        if not self.quiet:
+            print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 def earlier_episodes(out_dir: Path, eval_cfg: EvalConfig, sim: SimConfig, weights_hash: str) -> list[dict] | None:
