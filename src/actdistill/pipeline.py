@@ -35,11 +35,10 @@ def finished(folder: Path, stage: str, config: dict, inputs: dict) -> dict | Non
 class StageRunner:
     """Runs stages, reusing a finished artifact of the same config and inputs, and keeps a row per stage."""
 
-    def __init__(self, quiet: bool = False) -> None:
+    def __init__(self) -> None:
         self.rows: list[dict] = []
         self.now = provenance()
         self.notices: list[str] = []  # one line per stage reused across a version or code change
-        self.quiet = quiet  # else a timestamped line on stderr as each stage starts and ends (a background run's log)
 
     def run(self, name: str, stage: str, folder: Path, config: dict, inputs: dict, fn: Callable[[], dict],
             note: Callable[[dict], str], output: Callable[[dict], str]) -> dict:
@@ -59,9 +58,10 @@ class StageRunner:
         self._line(f"{name}: {status}{took}" + (f", {row['note']}" if row["note"] else ""))
         return summary
 
-    def _line(self, text: str) -> None:
-        if not self.quiet:
-            print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+    @staticmethod
+    def _line(text: str) -> None:
+        """A timestamped line on stderr as each stage starts and ends: what a run in the background shows."""
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 def earlier_episodes(out_dir: Path, eval_cfg: EvalConfig, sim: SimConfig, weights_hash: str) -> list[dict] | None:
