@@ -76,15 +76,18 @@ def _import_sim():
     return metaworld, mujoco
 
 
-_BENCHMARK_CACHE: dict[str, Any] = {}
+_TASK_CACHE: dict[str, Any] = {}
+_SUITE_TASKS = {"mt10": MT10_TASKS, "mt50": MT50_TASKS}
 
 
-def _benchmark(key: str):
-    """metaworld.MT10 or metaworld.MT50 (built once per process: it constructs every task's environment class)."""
+def _single_task(task: str):
+    """metaworld.MT1 for one task, built once per process. Its task objects carry the same environment class and
+    fully observable mode as MT10's or MT50's; building MT10 or MT50 instead would construct and sample every task's
+    environment (about 5 s and 26 s here) for a process that may need two of them."""
     metaworld, _ = _import_sim()
-    if key not in _BENCHMARK_CACHE:
-        _BENCHMARK_CACHE[key] = {"mt10": metaworld.MT10, "mt50": metaworld.MT50}[key](seed=0)
-    return _BENCHMARK_CACHE[key]
+    if task not in _TASK_CACHE:
+        _TASK_CACHE[task] = metaworld.MT1(task, seed=0)
+    return _TASK_CACHE[task]
 
 
 class MetaWorldEnv:
@@ -93,9 +96,10 @@ class MetaWorldEnv:
     def __init__(self, task: str, camera: str = "corner2", image_size: int = 64, max_steps: int = 300,
                  benchmark: str = "mt10"):
         _, mujoco = _import_sim()
-        bench = _benchmark(benchmark)
-        if task not in bench.train_classes:
-            raise ConfigError(f"Unknown {benchmark.upper()} task '{task}'; choose from {', '.join(bench.train_classes)}.")
+        names = _SUITE_TASKS[benchmark]
+        if task not in names:
+            raise ConfigError(f"Unknown {benchmark.upper()} task '{task}'; choose from {', '.join(names)}.")
+        bench = _single_task(task)
         self.task = task
         self.instruction = instruction_for(task)
         self.camera = camera
