@@ -136,3 +136,31 @@ def test_expert_success_counts_the_seeds_up_to_the_last_kept_demo():
 
     # seeds 0..3 were tried before the last kept one (3): 3 successes, 1 failure; seed 5 failed after it
     assert expert_success({"a": [0, 2, 3], "b": [0, 1]}, {"a": [1, 5], "b": []}) == {"a": 0.75, "b": 1.0}
+
+
+def test_the_one_task_environment_is_the_mt10_benchmark_environment():
+    """MetaWorldEnv builds metaworld.MT1 for its one task (MT10 builds all ten): the same class, the same fully
+    observable mode and, for a placement seed, the same raw observations under the same actions."""
+    import metaworld
+    import mujoco
+
+    bench = metaworld.MT10(seed=0)
+    raw = bench.train_classes["push-v3"]()
+    raw.set_task(next(t for t in bench.train_tasks if t.env_name == "push-v3"))
+    env = MT10Env("push-v3", image_size=32, max_steps=20)
+    try:
+        env.reset(11)
+        raw._freeze_rand_vec, raw.seeded_rand_vec = False, True
+        raw.seed(11)
+        obs, _ = raw.reset()
+        mujoco.mj_forward(raw.model, raw.data)  # as MetaWorldEnv.reset does (the goal marker's position)
+        assert type(env._env) is type(raw) and not env._env._partially_observable
+        np.testing.assert_array_equal(env._raw_obs, obs)
+        for _ in range(10):
+            act = env.expert_action()
+            env.step(act)
+            obs, *_ = raw.step(act)
+            np.testing.assert_array_equal(env._raw_obs, obs)
+    finally:
+        env.close()
+        raw.close()
