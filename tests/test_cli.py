@@ -123,6 +123,9 @@ def test_tiny_bench_on_a_tiny_run(tiny_run):
     for r in res["rows"]:
         assert set(r["success_per_group"]) == {"easy"} and "success_paraphrase" not in r
     assert "layers_executed_per_group" in res["rows"][1] and (bench_dir / "group_usage.png").stat().st_size > 1000
+    # the scratch model runs all of its own layers: its fraction is of the teacher's depth, with no per-group usage
+    # over its own layers (which would read 1.00)
+    assert "layers_executed_per_group" not in res["rows"][-1] and res["rows"][-1]["layers_executed_frac"] < 1
     assert not list(bench_dir.glob("eval-*-paraphrase-*"))
     # static pruning trained with ActDistill's losses keeps the same layers as static pruning, with other weights
     sp, spd = (json.loads((bench_dir / n / "header.json").read_text()) for n in ("static-prune-rho0.5",

@@ -321,5 +321,7 @@ def scratch_row(bench: Bench, rho: float, k: int, frac: float) -> None:
                      lambda: train_teacher(scfg, bench.data_path, folder, bench.progress),
                      lambda s: f"{keep} layers, {s['steps']} steps", lambda s: s["weights"])
     bench.evaluate_row(name, folder, bench.weights_hash_of(folder))
-    # it runs all of its own layers on every step: as a fraction of the teacher's depth, keep / n_layers
-    bench.rows[name] = {**bench.rows[name], "layers_executed_frac": keep / n_layers}
+    # it runs all of its own layers on every step: as a fraction of the teacher's depth, keep / n_layers; its
+    # per-layer usage (over its own `keep` layers) would read as 1.00 in the per-group layer columns, so it is dropped
+    row = {k: v for k, v in bench.rows[name].items() if k != "layer_usage_per_task"}
+    bench.rows[name] = {**row, "layers_executed_frac": keep / n_layers}
