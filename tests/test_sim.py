@@ -164,3 +164,36 @@ def test_the_one_task_environment_is_the_mt10_benchmark_environment():
     finally:
         env.close()
         raw.close()
+
+
+def test_the_environments_of_a_task_share_one_renderer_and_each_renders_its_own_scene():
+    """Environments of one task in one process share a renderer (one GL context); stepped interleaved, each gives
+    the pictures a lone environment with its own fresh renderer gives for the same placement and actions, and the
+    renderer is freed with the task's last environment."""
+    from actdistill.sim import metaworld_env as m
+
+    def lone(seed, actions):
+        env = MT10Env("push-v3", image_size=32, max_steps=20)
+        try:
+            return [env.reset(seed).image] + [env.step(a)[0].image for a in actions]
+        finally:
+            env.close()
+
+    a, b = (MT10Env("push-v3", image_size=32, max_steps=20) for _ in range(2))
+    try:
+        assert a._renderer is b._renderer and m._RENDERERS[("push-v3", 32)][1] == 2
+        seen = {11: [a.reset(11).image], 12: [b.reset(12).image]}
+        acts = {11: [], 12: []}
+        for _ in range(6):
+            for seed, env in ((11, a), (12, b)):
+                act = env.expert_action()
+                acts[seed].append(act)
+                seen[seed].append(env.step(act)[0].image)
+        assert not np.array_equal(seen[11][-1], seen[12][-1])
+    finally:
+        a.close()
+        b.close()
+    assert ("push-v3", 32) not in m._RENDERERS
+    for seed in (11, 12):
+        for got, want in zip(seen[seed], lone(seed, acts[seed]), strict=True):
+            np.testing.assert_array_equal(got, want)
