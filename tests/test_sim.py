@@ -172,16 +172,18 @@ def test_the_environments_of_a_task_share_one_renderer_and_each_renders_its_own_
     renderer is freed with the task's last environment."""
     from actdistill.sim import metaworld_env as m
 
+    SIZE = 24  # a size no other test uses, so that no environment left open elsewhere shares this renderer
+
     def lone(seed, actions):
-        env = MT10Env("push-v3", image_size=32, max_steps=20)
+        env = MT10Env("push-v3", image_size=SIZE, max_steps=20)
         try:
             return [env.reset(seed).image] + [env.step(a)[0].image for a in actions]
         finally:
             env.close()
 
-    a, b = (MT10Env("push-v3", image_size=32, max_steps=20) for _ in range(2))
+    a, b = (MT10Env("push-v3", image_size=SIZE, max_steps=20) for _ in range(2))
     try:
-        assert a._renderer is b._renderer and m._RENDERERS[("push-v3", 32)][1] == 2
+        assert a._renderer is b._renderer and m._RENDERERS[("push-v3", SIZE)][1] == 2
         seen = {11: [a.reset(11).image], 12: [b.reset(12).image]}
         acts = {11: [], 12: []}
         for _ in range(6):
@@ -193,7 +195,7 @@ def test_the_environments_of_a_task_share_one_renderer_and_each_renders_its_own_
     finally:
         a.close()
         b.close()
-    assert ("push-v3", 32) not in m._RENDERERS
+    assert ("push-v3", SIZE) not in m._RENDERERS
     for seed in (11, 12):
         for got, want in zip(seen[seed], lone(seed, acts[seed]), strict=True):
             np.testing.assert_array_equal(got, want)
