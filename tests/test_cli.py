@@ -47,7 +47,7 @@ def tiny_run_config(out: Path, sim: dict) -> dict:
                   "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 4, "warmup_steps": 1, "shift_augment": 0}},
         "distill": {"rho": 0.5, "router_dim": 8, "router_init_bias": 0.0, "soft_warmup_steps": 1,
                     "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 4, "warmup_steps": 1, "shift_augment": 0}},
-        "export": {"calib_episodes_per_task": 1, "calib_rounds": 1, "max_steps": 10, "settle_steps": 2},
+        "export": {"calib_episodes_per_task": 1, "calib_rounds": 1, "max_steps": 10, "settle_steps": 2, "calib_workers": 1},
     }
 
 

@@ -2,12 +2,13 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from actdistill.artifacts import ArtifactError, load_tensors
 from actdistill.cache import CACHE_FILE, TeacherCache
-from actdistill.config import ConfigError, DistillConfig, ExportConfig, ProbeConfig, SimConfig, TrainConfig
+from actdistill.config import ConfigError, DistillConfig, EvalConfig, ExportConfig, ProbeConfig, SimConfig, TrainConfig
 from actdistill.distill.stage import run_distill
 from actdistill.export import _student_from_distill, load_student, run_export
 from actdistill.probe.stage import run_probe
@@ -93,7 +94,8 @@ def test_export_drops_graph_parts_and_matches_the_trained_student(distilled, tin
 
 def test_export_calibrates_to_the_budget(distilled, tiny_demos, tmp_path):
     out, _ = distilled
-    cfg = ExportConfig(calib_episodes_per_task=2, calib_rounds=2, max_steps=12, calib_margin=0.02, settle_steps=0)
+    cfg = ExportConfig(calib_episodes_per_task=2, calib_rounds=2, max_steps=12, calib_margin=0.02, settle_steps=0,
+                       calib_workers=1)
     s = run_export(cfg, out, tiny_demos, tmp_path / "x", SimConfig(tasks=TINY_TASKS, image_size=32), progress=False)
     hist = s["calibration"]
     fracs = [h["layers_executed_frac"] for h in hist]
@@ -104,12 +106,33 @@ def test_export_calibrates_to_the_budget(distilled, tiny_demos, tmp_path):
     assert float(student.router.gate_bias[0]) == pytest.approx(s["gate_shift"])
 
 
+def test_a_calibration_round_in_worker_processes_records_what_an_in_process_one_does(distilled, tiny_demos):
+    """Calibration sends each worker a copy of the student (PolicyCopy): the same episodes, and the gate logits of
+    every policy call of each, as the in-process round (equal up to the float rounding of other thread counts)."""
+    from actdistill.evaluate import PolicyCopy, evaluate
+    from actdistill.export import training_placements
+
+    student, _, _ = _student_from_distill(distilled[0])
+    seeds = {t: v[:2] for t, v in training_placements(tiny_demos).items()}
+    sim = SimConfig(tasks=TINY_TASKS, image_size=32)
+    runs = {}
+    for workers in (1, 2):
+        cfg = EvalConfig(episodes_per_task=2, max_steps=12, workers=workers, batch_envs=2)
+        runs[workers] = evaluate(PolicyCopy(student), cfg, sim, None, progress=False, seeds_per_task=seeds,
+                                 record_logits=True, return_episodes=True)[1]
+    for a, b in zip(runs[1], runs[2], strict=True):
+        assert (a["task"], a["seed"], a["steps"], a["success"]) == (b["task"], b["seed"], b["steps"], b["success"])
+        assert b["gate_logits"].shape == (b["policy_calls"], student.router.gate_bias.numel()) and b["policy_calls"] > 0
+        np.testing.assert_allclose(a["gate_logits"], b["gate_logits"], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("objective", ["distill", "final"])
 def test_settling_trains_the_calibrated_masks_and_keeps_them(objective, distilled, probed, tiny_teacher, tiny_demos,
                                                              tmp_path):
     out, _ = distilled
     sim = SimConfig(tasks=TINY_TASKS, image_size=32)
-    cfg = ExportConfig(calib_episodes_per_task=2, calib_rounds=2, max_steps=12, settle_steps=4, settle_loss=objective)
+    cfg = ExportConfig(calib_episodes_per_task=2, calib_rounds=2, max_steps=12, settle_steps=4, settle_loss=objective,
+                       calib_workers=1)
     with pytest.raises(ConfigError, match="give the teacher and probe folders"):
         run_export(cfg, out, tiny_demos, tmp_path / "refused", sim, progress=False)
     s = run_export(cfg, out, tiny_demos, tmp_path / "x", sim, progress=False, teacher_dir=tiny_teacher, probe_dir=probed[0])
@@ -137,7 +160,7 @@ def test_settling_trains_the_calibrated_masks_and_keeps_them(objective, distille
 def test_settling_refuses_a_cache_the_student_was_not_distilled_with(distilled, other_teacher, tiny_demos, tmp_path):
     other_probe = tmp_path / "other-probe"
     run_probe(PROBE, other_teacher, tiny_demos, other_probe, progress=False)
-    cfg = ExportConfig(calib_episodes_per_task=2, calib_rounds=1, max_steps=12, settle_steps=2)
+    cfg = ExportConfig(calib_episodes_per_task=2, calib_rounds=1, max_steps=12, settle_steps=2, calib_workers=1)
     with pytest.raises(ArtifactError, match="distilled against another teacher cache"):
         run_export(cfg, distilled[0], tiny_demos, tmp_path / "x", SimConfig(tasks=TINY_TASKS, image_size=32), progress=False,
                    teacher_dir=other_teacher, probe_dir=other_probe)

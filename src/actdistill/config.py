@@ -403,12 +403,16 @@ class ExportConfig(_Base):
     # gate snapping: after the first calibration round, a layer on in >= 1 - snap of the closed-loop steps runs for
     # every input and one on in <= snap for none (0 = off); the shift is then chosen for the remaining gates
     snap: float = 0.0
+    # calibration rounds run their episodes in this many worker processes, each with a copy of the student. Like
+    # thread settings (recorded in provenance), it changes float rounding, not the method: at the default it is left
+    # out of the config hash, so exports calibrated in-process before it existed are still reused
+    calib_workers: int = 2
 
-    _LATER_FIELDS = ("settle_steps", "snap", "settle_loss")
+    _LATER_FIELDS = ("settle_steps", "snap", "settle_loss", "calib_workers")
     _EARLIER_VALUES = {"settle_steps": 0}  # exports made before settling was the default did not settle
 
     def __post_init__(self) -> None:
-        _positive(self, "calib_episodes_per_task", "calib_rounds", "max_steps")
+        _positive(self, "calib_episodes_per_task", "calib_rounds", "max_steps", "calib_workers")
         _check(self.settle_steps >= 0, "ExportConfig.settle_steps must be >= 0.")
         _check(self.settle_loss in SETTLE_LOSSES,
                f"ExportConfig.settle_loss must be one of {', '.join(SETTLE_LOSSES)}, got {self.settle_loss!r}.")

@@ -209,9 +209,21 @@ def _count_gates(gates: dict, policy, logits: np.ndarray, clean: list, perturbed
         gates["flips"][a] += (dec[a] != ref_dec[a])
 
 
+class PolicyCopy:
+    """A policy object as a picklable factory: `evaluate` with workers > 1 gives each worker process its own copy
+    (a student being calibrated, which has no folder yet); in-process evaluation uses the object itself."""
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+
+    def __call__(self):
+        return self.policy
+
+
 def _job(args: tuple) -> list[dict]:
-    task, seeds, sim, max_steps, keep, perturb, trace = args
-    return run_episodes(_WORKER["policy"], task, seeds, sim, max_steps, _WORKER["envs"], keep, perturb=perturb, trace=trace)
+    task, seeds, sim, max_steps, keep, perturb, trace, record_logits = args
+    return run_episodes(_WORKER["policy"], task, seeds, sim, max_steps, _WORKER["envs"], keep, record_logits, perturb,
+                        trace)
 
 
 def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | None = None, name: str = "policy",
@@ -243,7 +255,7 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
             if keep == 0 and not record_logits and all((task, s) in known for s in group):
                 reused += [known[(task, s)] for s in group]
             else:
-                jobs.append((task, group, sim, cfg.max_steps, keep, cfg.perturb, cfg.trace))
+                jobs.append((task, group, sim, cfg.max_steps, keep, cfg.perturb, cfg.trace, record_logits))
     episodes: list[dict] = list(reused)
     bar = tqdm(total=sum(len(v) for v in seeds.values()), desc=f"evaluate {name}", unit="ep", disable=not progress, dynamic_ncols=True)
 
@@ -253,9 +265,7 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
         done = [e["success"] for e in episodes]
         bar.set_postfix(success=f"{np.mean(done):.2f}")
 
-    is_spec = not hasattr(policy_or_spec, "select_action")  # a picklable factory (e.g. registry.PolicySpec)
-    if record_logits and cfg.workers > 1:
-        raise ValueError("Recording gate logits needs an in-process evaluation (workers=1).")
+    is_spec = not hasattr(policy_or_spec, "select_action")  # a picklable factory (registry.PolicySpec, PolicyCopy)
     if cfg.workers > 1 and is_spec:
         ctx = mp.get_context("spawn")
         threads = max(1, torch.get_num_threads() // cfg.workers)
@@ -266,8 +276,8 @@ def evaluate(policy_or_spec, cfg: EvalConfig, sim: SimConfig, out_dir: Path | No
         policy = policy_or_spec() if is_spec else policy_or_spec
         envs: dict = {}
         try:
-            for task, s, sim_, max_steps, keep, perturb, trace in jobs:
-                _collect(run_episodes(policy, task, s, sim_, max_steps, envs, keep, record_logits, perturb, trace))
+            for task, s, sim_, max_steps, keep, perturb, trace, rec in jobs:
+                _collect(run_episodes(policy, task, s, sim_, max_steps, envs, keep, rec, perturb, trace))
         finally:
             for pool_envs in envs.values():
                 for env in pool_envs:

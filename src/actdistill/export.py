@@ -66,7 +66,7 @@ def calibrate(student: RoutedStudent, rho: float, cfg: ExportConfig, sim: SimCon
     """Shift the gate logits until the closed-loop executed-layer fraction on training placements meets rho.
 
     `seeds` (task -> placement seeds) are demonstration or validation placements; test placements are refused."""
-    from actdistill.evaluate import evaluate
+    from actdistill.evaluate import PolicyCopy, evaluate
     from actdistill.sim import placement_kind
 
     test = sorted(s for ss in seeds.values() for s in ss if placement_kind(s) == "eval")
@@ -74,11 +74,11 @@ def calibrate(student: RoutedStudent, rho: float, cfg: ExportConfig, sim: SimCon
         raise ValueError(f"Calibration was given {len(test)} test placement(s) (e.g. {test[0]}); it may only use "
                          f"demonstration or validation placements, so that test numbers are never tuned on.")
     target = rho - cfg.calib_margin
-    ecfg = EvalConfig(episodes_per_task=cfg.calib_episodes_per_task, max_steps=cfg.max_steps, workers=1,
-                      batch_envs=cfg.calib_episodes_per_task)
+    ecfg = EvalConfig(episodes_per_task=cfg.calib_episodes_per_task, max_steps=cfg.max_steps,
+                      workers=cfg.calib_workers, batch_envs=cfg.calib_episodes_per_task)
     history = []
     for r in range(cfg.calib_rounds):
-        result, episodes = evaluate(student, ecfg, sim, None, name=f"{phase} round {r}", progress=progress,
+        result, episodes = evaluate(PolicyCopy(student), ecfg, sim, None, name=f"{phase} round {r}", progress=progress,
                                     seeds_per_task=seeds, record_logits=True, return_episodes=True)
         frac = result["layers_executed_frac"]
         history.append({"phase": phase, "round": r, "gate_shift": round(gate_shift(student), 4),
