@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from safetensors.torch import load_file
@@ -371,3 +372,35 @@ def test_tiny_mt50_bench_reports_difficulty_groups_and_paraphrases(tmp_path):
     unknown = subprocess.run([sys.executable, "-m", "actdistill.cli", "bench", "--run", str(tmp_path / "run"), "--set",
                               "baselines=[\"pruning\"]"], capture_output=True, text=True, timeout=300)
     assert unknown.returncode == 2 and "Unknown baseline(s) 'pruning'" in unknown.stderr
+
+
+def test_a_run_distils_on_a_smaller_set_than_its_teacher_trained_on(tmp_path):
+    """RunConfig.distill_demos_per_task: the teacher trains on every demo, the probes, the distillation, the settling
+    and the bench rows on the first k per task (a set collected alone, which holds the same first demos)."""
+    from actdistill.bench.rows import RunArtifacts
+    from actdistill.config import ConfigError, RunConfig
+    from actdistill.data.hdf5 import read_demos
+
+    cfg = tiny_run_config(tmp_path / "run", {"tasks": ["reach-v3", "drawer-close-v3"]})
+    cfg["collect"]["demos_per_task"], cfg["distill_demos_per_task"] = 2, 1
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "run", "--config", str(tmp_path / "cfg.json"),
+                           "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "run"
+    full, small = read_demos(run / "collect" / "demos.hdf5"), read_demos(run / "collect-distill" / "demos.hdf5")
+    assert len(full.demos) == 4 and len(small.demos) == 2
+    for d in small.demos:  # the first demo of its task in the teacher's set, byte for byte
+        first = next(f for f in full.demos if f.task == d.task)
+        assert d.placement_seed == first.placement_seed and np.array_equal(d.images, first.images)
+        assert np.array_equal(d.actions, first.actions)
+    header = lambda stage: json.loads((run / stage / "header.json").read_text())  # noqa: E731
+    assert header("teacher")["inputs"]["dataset"] == full.fingerprint
+    assert header("probe")["inputs"]["dataset"] == small.fingerprint
+    res = json.loads((run / "mt10.json").read_text())
+    assert res["dataset_content_hash"] == full.content_hash
+    assert res["distillation_dataset_content_hash"] == small.content_hash
+    assert "] collect distillation set: ran in " in proc.stderr
+    assert RunArtifacts(run).data_path == run / "collect-distill" / "demos.hdf5"
+    with pytest.raises(ConfigError, match="distill_demos_per_task must be 0"):
+        RunConfig.from_dict({**cfg, "distill_demos_per_task": 2})

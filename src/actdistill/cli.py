@@ -445,7 +445,8 @@ def _add_method_commands(sub) -> None:
     pr = sub.add_parser("probe", help="train per-layer graph extractors + action probes on the frozen teacher; write the teacher cache.",
                         description="Graph-structured encapsulation of the teacher (ActDistill Sec. 3.2).")
     pr.add_argument("--teacher", required=True, help="teacher folder from `actdistill train-teacher`.")
-    pr.add_argument("--data", required=True, help="the demos.hdf5 the teacher was trained on.")
+    pr.add_argument("--data", required=True, help="demos of the teacher's tasks and image size to probe and distil on: "
+                    "its training set, or a smaller set (the distillation then uses the same one).")
     pr.add_argument("--out", required=True)
     pr.add_argument("--steps", type=int)
     pr.add_argument("--semantic-dim", type=int, dest="semantic_dim")

@@ -611,10 +611,27 @@ class RunConfig(_Base):
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    # a distillation set smaller than the teacher's training set (0 = the same set): the teacher trains on
+    # collect.demos_per_task demos per task, while the probes, the distillation, settling and every bench row
+    # (the scratch model included) see only the first this many of them, as a user distilling a teacher trained on
+    # data they do not hold would
+    distill_demos_per_task: int = 0
+
+    _LATER_FIELDS = ("distill_demos_per_task",)
 
     def __post_init__(self) -> None:
         _check(self.teacher.model.image_size == self.collect.sim.image_size,
                "RunConfig: teacher.model.image_size must equal collect.sim.image_size.")
+        _check(0 <= self.distill_demos_per_task < self.collect.demos_per_task,
+               f"RunConfig.distill_demos_per_task must be 0 (the teacher's set) or fewer than collect.demos_per_task "
+               f"({self.collect.demos_per_task}), got {self.distill_demos_per_task}.")
+
+    @property
+    def distill_collect(self) -> CollectConfig:
+        """The collection config of the data every stage after the teacher trains on."""
+        if not self.distill_demos_per_task:
+            return self.collect
+        return dataclasses.replace(self.collect, demos_per_task=self.distill_demos_per_task)
 
     @classmethod
     def quick(cls, out: str = "runs/quick") -> "RunConfig":

@@ -100,6 +100,14 @@ def evaluate_stage(spec_path: Path, weights_hash: str, eval_cfg: EvalConfig, sim
     return summary
 
 
+DISTILL_COLLECT_DIR = "collect-distill"  # a run's distillation set, when smaller than the teacher's
+
+
+def distillation_data(run_dir: Path, rc: RunConfig) -> Path:
+    """The dataset a run's probes, distillation and bench rows train on (RunConfig.distill_demos_per_task)."""
+    return Path(run_dir) / (DISTILL_COLLECT_DIR if rc.distill_demos_per_task else "collect") / DATASET_FILE
+
+
 def results_file(suite_key: str) -> str:
     """The results file name of `run` and `bench` for a suite: mt10.json, mt50.json."""
     return f"{suite_key}.json"
@@ -142,9 +150,21 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
                                                seeds_used, progress),
                   lambda s: f"success {s['row']['success_mean']:.3f}", lambda s: str(out / "eval-teacher" / RESULTS_FILE))
 
+    # the data of every later stage: the teacher's, or a smaller distillation set (RunConfig.distill_demos_per_task)
+    dist_path, dist_fp = data_path, fp
+    if cfg.distill_demos_per_task:
+        dcol, dcol_dir = cfg.distill_collect, out / DISTILL_COLLECT_DIR
+        dist_path = dcol_dir / DATASET_FILE
+        st.run("collect distillation set", "collect", dcol_dir, dcol.to_dict(), {},
+               lambda: collect(dcol, dcol_dir, progress), lambda s: f"{s['demos']} demos, {s['frames']} frames",
+               lambda s: str(dist_path))
+        d = read_demos(dist_path)
+        dist_fp, dist_content = d.fingerprint, d.content_hash
+        del d
+
     probe_dir = out / "probe"
-    st.run("probe", "probe", probe_dir, cfg.probe.to_dict(), {"teacher": teacher_hash, "dataset": fp},
-           lambda: run_probe(cfg.probe, teacher_dir, data_path, probe_dir, progress),
+    st.run("probe", "probe", probe_dir, cfg.probe.to_dict(), {"teacher": teacher_hash, "dataset": dist_fp},
+           lambda: run_probe(cfg.probe, teacher_dir, dist_path, probe_dir, progress),
            lambda s: f"L_prep {s['final_loss']}, probe MSE layer0 {s['probe_mse_per_layer'][0]:.4f} -> last {s['probe_mse_per_layer'][-1]:.4f}",
            lambda s: s["cache"])
     cache_fp = read_json(probe_dir / HEADER_FILE, "the probe header")["fingerprint"]
@@ -152,14 +172,14 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     rho = cfg.distill.rho
     distill_dir = out / f"distill-rho{rho}"
     st.run("distill", "distill", distill_dir, cfg.distill.to_dict(), {"teacher": teacher_hash, "cache": cache_fp},
-           lambda: run_distill(cfg.distill, teacher_dir, probe_dir, data_path, distill_dir, progress),
+           lambda: run_distill(cfg.distill, teacher_dir, probe_dir, dist_path, distill_dir, progress),
            lambda s: f"train keep ratio {s['train_keep_ratio']:.2f}, task loss {s['final'].get('task', float('nan')):.4f}",
            lambda s: s["weights"])
     student_hash = weights_hash_of(distill_dir)
 
     export_dir = out / f"student-rho{rho}"
     st.run("export + calibrate", "export", export_dir, cfg.export.to_dict(), export_inputs(cfg.export, student_hash, cache_fp),
-           lambda: run_export(cfg.export, distill_dir, data_path, export_dir, cfg.collect.sim, progress, teacher_dir, probe_dir),
+           lambda: run_export(cfg.export, distill_dir, dist_path, export_dir, cfg.collect.sim, progress, teacher_dir, probe_dir),
            lambda s: f"gate shift {s['gate_shift']:+.3f}, calibration frac " + "/".join(
                f"{c['layers_executed_frac']:.2f}" for c in s["calibration"]), lambda s: s["weights"])
     exported_hash = weights_hash_of(export_dir)
@@ -173,6 +193,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
 
     cost = measure_cost(teacher_dir, export_dir, data_path)
     results = run_results(cfg, st, ev_t["row"], ev_s["row"], cost, content)
+    if cfg.distill_demos_per_task:
+        results["distillation_dataset_content_hash"] = dist_content
     results_path = out / results_file(cfg.collect.sim.suite)
     atomic_write_json(results_path, results)
     return {"stages": st.rows, "rows": results["rows"], "results": str(results_path), "cost": cost,

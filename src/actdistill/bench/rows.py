@@ -31,7 +31,7 @@ from actdistill.early_exit import EarlyExitPolicy, choose_exit_threshold, save_e
 from actdistill.errors import ConfigError
 from actdistill.export import export_inputs, run_export, save_student, training_placements
 from actdistill.models.vla import ReferenceVLA
-from actdistill.pipeline import StageRunner, evaluate_stage
+from actdistill.pipeline import StageRunner, distillation_data, evaluate_stage
 from actdistill.probe.stage import load_probe_artifact
 from actdistill.sim import get_suite
 from actdistill.teacher import load_teacher, train_teacher
@@ -80,14 +80,15 @@ class RunArtifacts:
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.rc = RunConfig.from_dict(read_json(self.run_dir / CONFIG_FILE, "the run config"))
-        self.data_path = self.run_dir / "collect" / DATASET_FILE
+        self.data_path = distillation_data(self.run_dir, self.rc)  # the teacher's set, or the smaller distillation set
         self.teacher_dir, self.probe_dir = self.run_dir / "teacher", self.run_dir / "probe"
         self.teacher, tinfo = load_teacher(self.teacher_dir)
         self.teacher_hash = tinfo["header"]["weights_hash"]
         self.tasks = tuple(tinfo["tasks"])
         self.sim = self.rc.collect.sim
+        # evaluations keep clear of every demonstration placement, the teacher's included
+        self.seeds_used = read_demos(self.run_dir / "collect" / DATASET_FILE).attrs.get("placement_seeds")
         demos = read_demos(self.data_path)
-        self.seeds_used = demos.attrs.get("placement_seeds")
         self.data = FrameDataset(demos, self.teacher.config.chunk_size, self.tasks)
         self.probes, self.cache, _ = load_probe_artifact(self.probe_dir, self.teacher, self.teacher_hash, self.data.fingerprint)
 
