@@ -108,6 +108,22 @@ def distillation_data(run_dir: Path, rc: RunConfig) -> Path:
     return Path(run_dir) / (DISTILL_COLLECT_DIR if rc.distill_demos_per_task else "collect") / DATASET_FILE
 
 
+def distillation_set(cfg: RunConfig, st: StageRunner, progress: bool) -> tuple[Path, str, str] | None:
+    """Collect a run's smaller distillation set (RunConfig.distill_demos_per_task); its path, fingerprint and content
+    hash, or None when the later stages train on the teacher's own set."""
+    from actdistill.collect import collect
+    from actdistill.data.hdf5 import read_demos
+
+    if not cfg.distill_demos_per_task:
+        return None
+    dcol, dcol_dir = cfg.distill_collect, Path(cfg.out) / DISTILL_COLLECT_DIR
+    path = dcol_dir / DATASET_FILE
+    st.run("collect distillation set", "collect", dcol_dir, dcol.to_dict(), {}, lambda: collect(dcol, dcol_dir, progress),
+           lambda s: f"{s['demos']} demos, {s['frames']} frames", lambda s: str(path))
+    demos = read_demos(path)
+    return path, demos.fingerprint, demos.content_hash
+
+
 def results_file(suite_key: str) -> str:
     """The results file name of `run` and `bench` for a suite: mt10.json, mt50.json."""
     return f"{suite_key}.json"
@@ -150,18 +166,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
                                                seeds_used, progress),
                   lambda s: f"success {s['row']['success_mean']:.3f}", lambda s: str(out / "eval-teacher" / RESULTS_FILE))
 
-    # the data of every later stage: the teacher's, or a smaller distillation set (RunConfig.distill_demos_per_task)
-    dist_path, dist_fp = data_path, fp
-    if cfg.distill_demos_per_task:
-        dcol, dcol_dir = cfg.distill_collect, out / DISTILL_COLLECT_DIR
-        dist_path = dcol_dir / DATASET_FILE
-        st.run("collect distillation set", "collect", dcol_dir, dcol.to_dict(), {},
-               lambda: collect(dcol, dcol_dir, progress), lambda s: f"{s['demos']} demos, {s['frames']} frames",
-               lambda s: str(dist_path))
-        d = read_demos(dist_path)
-        dist_fp, dist_content = d.fingerprint, d.content_hash
-        del d
-
+    dist_path, dist_fp, dist_content = distillation_set(cfg, st, progress) or (data_path, fp, content)
     probe_dir = out / "probe"
     st.run("probe", "probe", probe_dir, cfg.probe.to_dict(), {"teacher": teacher_hash, "dataset": dist_fp},
            lambda: run_probe(cfg.probe, teacher_dir, dist_path, probe_dir, progress),
@@ -193,7 +198,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
 
     cost = measure_cost(teacher_dir, export_dir, data_path)
     results = run_results(cfg, st, ev_t["row"], ev_s["row"], cost, content)
-    if cfg.distill_demos_per_task:
+    if dist_content != content:
         results["distillation_dataset_content_hash"] = dist_content
     results_path = out / results_file(cfg.collect.sim.suite)
     atomic_write_json(results_path, results)
