@@ -626,13 +626,6 @@ class RunConfig(_Base):
                f"RunConfig.distill_demos_per_task must be 0 (the teacher's set) or fewer than collect.demos_per_task "
                f"({self.collect.demos_per_task}), got {self.distill_demos_per_task}.")
 
-    @property
-    def distill_collect(self) -> CollectConfig:
-        """The collection config of the data every stage after the teacher trains on."""
-        if not self.distill_demos_per_task:
-            return self.collect
-        return dataclasses.replace(self.collect, demos_per_task=self.distill_demos_per_task)
-
     @classmethod
     def quick(cls, out: str = "runs/quick") -> "RunConfig":
         """A first look: fewer demos, a shorter training, fewer episodes (a smoke run, not a result)."""

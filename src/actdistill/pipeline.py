@@ -116,8 +116,9 @@ def distillation_set(cfg: RunConfig, st: StageRunner, progress: bool) -> tuple[P
 
     if not cfg.distill_demos_per_task:
         return None
-    dcol, dcol_dir = cfg.distill_collect, Path(cfg.out) / DISTILL_COLLECT_DIR
-    path = dcol_dir / DATASET_FILE
+    dcol = dataclasses.replace(cfg.collect, demos_per_task=cfg.distill_demos_per_task)
+    path = distillation_data(Path(cfg.out), cfg)
+    dcol_dir = path.parent
     st.run("collect distillation set", "collect", dcol_dir, dcol.to_dict(), {}, lambda: collect(dcol, dcol_dir, progress),
            lambda s: f"{s['demos']} demos, {s['frames']} frames", lambda s: str(path))
     demos = read_demos(path)

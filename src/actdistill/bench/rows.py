@@ -86,9 +86,11 @@ class RunArtifacts:
         self.teacher_hash = tinfo["header"]["weights_hash"]
         self.tasks = tuple(tinfo["tasks"])
         self.sim = self.rc.collect.sim
-        # evaluations keep clear of every demonstration placement, the teacher's included
-        self.seeds_used = read_demos(self.run_dir / "collect" / DATASET_FILE).attrs.get("placement_seeds")
         demos = read_demos(self.data_path)
+        # evaluations keep clear of every demonstration placement, the teacher's included (its set is read again
+        # only when the run distils on a smaller one)
+        teacher_set = self.run_dir / "collect" / DATASET_FILE
+        self.seeds_used = (demos if self.data_path == teacher_set else read_demos(teacher_set)).attrs.get("placement_seeds")
         self.data = FrameDataset(demos, self.teacher.config.chunk_size, self.tasks)
         self.probes, self.cache, _ = load_probe_artifact(self.probe_dir, self.teacher, self.teacher_hash, self.data.fingerprint)
 

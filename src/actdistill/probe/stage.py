@@ -51,13 +51,14 @@ def run_probe(cfg: ProbeConfig, teacher_dir: Path, dataset_path: Path, out_dir: 
               stop_after: int | None = None) -> dict:
     teacher, tinfo = load_teacher(teacher_dir)
     demos = read_demos(dataset_path)
-    # any dataset of the teacher's tasks and image size: its training set, or a smaller distillation set
-    # (RunConfig.distill_demos_per_task), as a user distilling a teacher trained on data they do not hold has
-    size = int(demos.demos[0].images.shape[1]) if demos.demos else teacher.config.image_size
+    # any dataset of the teacher's tasks (FrameDataset checks them) and image size: its training set, or a smaller
+    # distillation set (RunConfig.distill_demos_per_task), as a user distilling a teacher trained on data they do not
+    # hold has
+    data = FrameDataset(demos, teacher.config.chunk_size, tuple(tinfo["tasks"]))
+    size = data.image_size
     if size != teacher.config.image_size:
         raise ArtifactError(f"{dataset_path} holds {size}x{size} images, but the teacher in {teacher_dir} reads "
                             f"{teacher.config.image_size}x{teacher.config.image_size}; probe it with data of its image size.")
-    data = FrameDataset(demos, teacher.config.chunk_size, tuple(tinfo["tasks"]))
     return train_probes(cfg, teacher, data, out_dir, progress, stop_after, teacher_hash=tinfo["header"]["weights_hash"])
 
 
