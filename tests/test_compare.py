@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from actdistill.artifacts import ArtifactError
-from actdistill.bench.compare import compare
+from actdistill.bench.compare import compare, compare_table
 from actdistill.cli import main
 from actdistill.errors import ConfigError
 from actdistill.evaluate import wilson_ci
@@ -57,6 +57,25 @@ def test_compare_reports_groups_and_paired_differences(tmp_path):
     assert d["per_group"]["very_hard"][1] < -0.25 < d["per_group"]["very_hard"][2] <= 0.0
     assert d["overall"][1] < -0.25 < d["overall"][2] < 0.0
     check_provenance(rep["provenance"], "the comparison")
+
+
+def test_compare_counts_a_smaller_models_layers_against_the_references_depth(tmp_path):
+    # a 12-layer teacher, a routed student running 5 of its 12 on average, a 6-layer model from scratch: each reports
+    # its executed fraction over its own layers (1.0, 5/12, 1.0); the comparison puts all three on the teacher's scale
+    def usage(n_layers, frac):
+        return {t: [frac] * n_layers for t in TASKS}
+    teacher = {**DEEP, "layers_executed_frac": 1.0, "layer_usage_per_task": usage(12, 1.0)}
+    student = {**SHALLOW, "layers_executed_frac": 5 / 12, "layer_usage_per_task": usage(12, 5 / 12)}
+    scratch = {**SHALLOW, "layers_executed_frac": 1.0, "layer_usage_per_task": usage(6, 1.0)}
+    rep = compare(_write(tmp_path, teacher, student, scratch), names=["teacher", "student", "scratch-l6"], samples=200)
+    rows = {r["name"]: r for r in rep["rows"]}
+    assert [rows[n]["decoder_layers"] for n in ("teacher", "student", "scratch-l6")] == [12, 12, 6]
+    assert rows["student"]["layers_per_call"] == pytest.approx(5.0)
+    assert rows["scratch-l6"]["layers_per_call"] == pytest.approx(6.0)
+    assert rows["scratch-l6"]["layers_executed_frac"] == pytest.approx(0.5)
+    assert rows["student"]["layers_executed_frac"] == pytest.approx(5 / 12)
+    table = compare_table(rep)
+    assert "| scratch-l6 | " in table and "| 6.0 of 6 | 0.50 |" in table
 
 
 def test_compare_refuses_what_is_not_paired(tmp_path):

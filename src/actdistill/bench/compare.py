@@ -1,9 +1,10 @@
 """`actdistill compare`: policies evaluated on the same placements, side by side, paired.
 
 Input: two or more evaluation folders (what `actdistill evaluate --out` writes: `results.json`) or their results
-files, all of the same tasks on the same placements. Output: per policy its success (Wilson 95% CI), executed
-layers and success per difficulty group of its suite; then every policy minus the first (the reference), overall,
-per group and per task, as paired bootstrap differences over the shared placements (the same bootstrap as
+files, all of the same tasks on the same placements. Output: per policy its success (Wilson 95% CI), decoder
+layers executed per call (also as a fraction of the reference's depth, so that a smaller model counts as the
+compute it is) and success per difficulty group of its suite; then every policy minus the first (the reference),
+overall, per group and per task, as paired bootstrap differences over the shared placements (the same bootstrap as
 `actdistill run` and `bench`). The question it answers without a bench: is one teacher better than another, does a
 smaller model lose anything, where (which difficulty group) does the difference lie. The split (test or validation
 placements) is read from the placements themselves and printed, so a choice made from validation numbers stays
@@ -79,10 +80,17 @@ def compare(items: list[Path], names: list[str] | None = None, samples: int = 10
     suite = suite_for(tasks)
     groups = {g: tuple(t for t in ts if t in tasks) for g, ts in suite.groups.items()}
     groups = {g: ts for g, ts in groups.items() if ts}
+    ref_depth = policy_depth(ref)
     rows = []
     for label, (path, row) in zip(labels, evals):
+        depth = policy_depth(row)
+        frac = row.get("layers_executed_frac", 1.0)
+        per_call = frac * depth if depth else None
         rows.append({"name": label, "results": path, "success_mean": row["success_mean"],
-                     "success_ci95": row["success_ci95"], "layers_executed_frac": row.get("layers_executed_frac", 1.0),
+                     "success_ci95": row["success_ci95"], "decoder_layers": depth, "layers_per_call": per_call,
+                     # executed layers as a fraction of the reference's depth: a 6-layer model from scratch runs
+                     # all of its own layers but half of a 12-layer reference's
+                     "layers_executed_frac": per_call / ref_depth if per_call is not None and ref_depth else frac,
                      "success_per_group": {g: float(np.mean([row["success_per_task"][t] for t in ts]))
                                            for g, ts in groups.items()},
                      "success_per_task": row["success_per_task"],
@@ -111,6 +119,12 @@ def compare(items: list[Path], names: list[str] | None = None, samples: int = 10
             "bootstrap_samples": samples, "provenance": provenance()}
 
 
+def policy_depth(row: dict) -> int | None:
+    """The number of decoder layers of the evaluated policy (the length of its per-layer usage), if recorded."""
+    usage = row.get("layer_usage_per_task") or {}
+    return len(next(iter(usage.values()))) if usage else None
+
+
 def _diff(d: list[float]) -> str:
     return f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
 
@@ -121,14 +135,17 @@ def compare_table(report: dict) -> str:
     drops = report.get("against_clean", False)
     extra = " clean | drop vs clean [95% CI] |" if drops else ""
     lines = [f"{report['benchmark']}, {report['split']} placements, {report['episodes_per_task']} episodes per task.", "",
-             "| policy | success (95% CI) | layers | " + " | ".join(f"{g} ({len(report['groups'][g])})" for g in groups)
-             + " |" + extra, "|" + "---|" * (3 + len(groups) + 2 * drops)]
+             "| policy | success (95% CI) | layers per call | layers (of the reference's) | "
+             + " | ".join(f"{g} ({len(report['groups'][g])})" for g in groups)
+             + " |" + extra, "|" + "---|" * (4 + len(groups) + 2 * drops)]
     for r in report["rows"]:
         lo, hi = r["success_ci95"]
         cells = " | ".join(f"{r['success_per_group'][g]:.3f}" for g in groups)
         tail = f" {r['clean_success_mean']:.3f} | {_diff(r['drop_vs_clean'])} |" if drops else ""
-        lines.append(f"| {r['name']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {r['layers_executed_frac']:.2f} | "
-                     f"{cells} |" + tail)
+        known = r.get("layers_per_call") is not None
+        per_call = f"{r['layers_per_call']:.1f} of {r['decoder_layers']}" if known else ""
+        lines.append(f"| {r['name']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {per_call} | "
+                     f"{r['layers_executed_frac']:.2f} | {cells} |" + tail)
     lines += ["", "| difference [95% CI] | overall | " + " | ".join(groups) + " |"
               + (" drop minus the reference's drop |" if drops else ""), "|" + "---|" * (2 + len(groups) + drops)]
     for d in report["differences"]:
