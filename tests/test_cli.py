@@ -184,6 +184,67 @@ def test_tiny_bench_with_two_training_seeds(tiny_run):
     assert "seed" in (bench_dir / "mt10.md").read_text().splitlines()[0]
 
 
+def test_a_bench_run_in_parts_merges_into_the_whole_bench(tiny_run):
+    """Seeds 0 and 1 benched as two parts (--seed-list) and merged give the rows of the 2-seed bench: the same pooled
+    successes and CIs, per-seed values and seed-paired differences; parts of another bench, members with other
+    episodes and files from before merging existed are refused in one sentence."""
+    tmp_path, _ = tiny_run
+    bench = {"actdistill_budgets": [0.5], "baseline_budgets": [0.5],
+             "eval": {"episodes_per_task": 2, "max_steps": 8, "workers": 1}, "latency_repeats": 3, "latency_frames": 4,
+             "bootstrap_samples": 50, "scratch_compute_scale": 0.2,  # the same rows as the 2-seed test: all reused
+             "baselines": ["static-prune", "router-kd", "early-exit", "scratch"], "paraphrase_episodes_per_task": 0}
+    bench_dir = tmp_path / "run" / "bench"
+    run_on_tiny_run(tmp_path, "bench", bench, "whole", "--seeds", "2")
+    whole = json.loads((bench_dir / "mt10.json").read_text())
+    parts = []
+    for k in (0, 1):
+        run_on_tiny_run(tmp_path, "bench", bench, f"part{k}", "--seeds", "2", "--seed-list", str(k))
+        parts.append(tmp_path / f"part{k}.json")
+        parts[-1].write_text((bench_dir / "mt10.json").read_text())
+    p0, p1 = (json.loads(p.read_text()) for p in parts)
+    assert {(r["group"], r["seed"]) for r in p1["seed_rows"]} == {
+        ("teacher", 0), ("actdistill-rho0.5", 1), ("static-prune-rho0.5", 1), ("router-kd-rho0.5", 1),
+        ("scratch-rho0.5", 1)}  # early exit trains nothing: it goes with seed 0
+    assert all(r["seeds"] == 1 for r in p0["rows"]) and all("per_episode_success" in r for r in p1["seed_rows"])
+    out = tmp_path / "merged"
+    proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "bench-merge", *map(str, parts), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = json.loads((out / "mt10.json").read_text())
+    check_bench_results(merged)
+    w, m = ({r["name"]: r for r in res["rows"]} for res in (whole, merged))
+    assert list(m) == list(w)
+    for name, row in w.items():
+        for key in ("success_mean", "success_ci95", "seeds", "seed_success", "success_per_task", "layers_executed_frac",
+                    "decoder_gflops", "policy_gflops"):
+            assert m[name][key] == pytest.approx(row[key]), (name, key)
+        if "delta_vs_actdistill" in row:
+            assert m[name]["delta_vs_actdistill"] == pytest.approx(row["delta_vs_actdistill"])
+            assert m[name]["delta_vs_actdistill_per_seed"] == pytest.approx(row["delta_vs_actdistill_per_seed"])
+    assert m["router-kd-rho0.5"]["seeds"] == 2 and m["early-exit-rho0.5"]["seeds"] == 1
+    assert [len(p["members"]) for p in merged["parts"]] == [len(p0["seed_rows"]), len(p1["seed_rows"]) - 1]
+    assert (out / "mt10.md").is_file() and (out / "pareto.png").stat().st_size > 1000
+
+    def refused(part: dict, name: str) -> str:
+        path = tmp_path / name
+        path.write_text(json.dumps(part))
+        proc = subprocess.run([sys.executable, "-m", "actdistill.cli", "bench-merge", str(parts[0]), str(path), "--out",
+                               str(tmp_path / "refused")], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and not (tmp_path / "refused").exists(), proc.stderr[-2000:]
+        return proc.stderr.strip()
+
+    other_teacher = json.loads(json.dumps(p1))
+    other_teacher["inputs"]["teacher"] = "0" * 16
+    assert "differ in their teacher weights" in refused(other_teacher, "other_teacher.json")
+    other_episodes = json.loads(json.dumps(p1))
+    teacher = next(r for r in other_episodes["seed_rows"] if r["name"] == "teacher")
+    first = next(iter(teacher["per_episode_success"]))
+    teacher["per_episode_success"][first][0] = 1 - teacher["per_episode_success"][first][0]
+    assert "both hold 'teacher' with different episodes" in refused(other_episodes, "other_episodes.json")
+    old = {k: v for k, v in p1.items() if k != "inputs"}
+    assert "lacks 'inputs'" in refused(old, "old.json")
+
+
 def test_tiny_ablation_on_validation_placements(tiny_run):
     """Each variant is distilled (or trained, router-KD), exported and evaluated on validation placements only, and
     paired with the full method; quantile gating and the stream normalisations run end to end."""

@@ -192,7 +192,8 @@ def cmd_bench(args) -> None:
 
     if args.quick and args.config:
         raise ConfigError("--quick and --config cannot be combined; put the quick settings in the config file.")
-    cfg = _build_config(BenchConfig, args, {"episodes": "eval.episodes_per_task", "compile": "compile", "seeds": "seeds"},
+    cfg = _build_config(BenchConfig, args, {"episodes": "eval.episodes_per_task", "compile": "compile", "seeds": "seeds",
+                                            "seed_list": "seed_list"},
                         base=BenchConfig.quick() if args.quick else None)
     r = run_bench(Path(args.run), cfg, progress=not args.no_progress)
     print_table(r["stages"], ["stage", "status", "seconds", "note"], "bench stages")
@@ -202,6 +203,24 @@ def cmd_bench(args) -> None:
     name = r["results_file"]
     print(f"results: {Path(args.run) / 'bench' / name} (+ {name.replace('.json', '.md')}, pareto.png"
           + (", group_usage.png)" if r.get("groups") else ")"))
+
+
+def cmd_bench_merge(args) -> None:
+    from actdistill.bench.merge import merge_bench
+    from actdistill.bench.run import bench_table, write_bench
+    from actdistill.sim import get_suite
+
+    results = merge_bench([Path(p) for p in args.parts])
+    print_table([{"part": p["file"], "revision": (p["provenance"].get("git") or {}).get("revision", "")[:7],
+                  "members": len(p["members"])} for p in results["parts"]], ["part", "revision", "members"],
+                "bench parts")
+    revisions = {(p["provenance"].get("git") or {}).get("revision") for p in results["parts"]}
+    if len(revisions) > 1:
+        print("note: the parts ran at different code revisions (listed above and in the merged file's 'parts').")
+    print("\n" + bench_table(results["rows"]))
+    suite = get_suite(RunConfig.from_dict(results["config"]["run"]).collect.sim.suite)
+    path = write_bench(results, Path(args.out), suite.key)
+    print(f"results: {path} (+ {path.with_suffix('.md').name}, pareto.png)")
 
 
 def cmd_ablate(args) -> None:
@@ -489,11 +508,22 @@ def _add_pipeline_commands(sub) -> None:
     bn.add_argument("--episodes", type=int, help="episodes per task (default 30).")
     bn.add_argument("--seeds", type=int, help="training seeds of every trained row (default 1); each row reports every "
                     "seed's success, their spread, and seed-paired differences to ActDistill.")
+    bn.add_argument("--seed-list", nargs="+", type=int, dest="seed_list",
+                    help="only these training seeds (0 to --seeds - 1) of every trained row: one part of a bench split "
+                    "across machines or sessions; `actdistill bench-merge` pools the parts' results files.")
     bn.add_argument("--compile", action="store_true", default=None, help="also measure latency under torch.compile.")
     bn.add_argument("--quick", action="store_true", help="a smoke run: every row at rho=0.5, 3 episodes per task, "
                                                          "a tenth of the scratch compute (pair it with `run --quick`).")
     _common(bn)
     bn.set_defaults(func=cmd_bench)
+
+    bm = sub.add_parser("bench-merge", help="pool the results files of a bench run in parts (--seed-list) into one.",
+                        description="Pool the results files of parts of one bench (same run, teacher, cache, dataset and "
+                        "bench config; each part some of the training seeds) into the results of the whole bench: "
+                        "per-seed successes, pooled CIs, seed-paired differences.")
+    bm.add_argument("parts", nargs="+", help="the parts' results files (<run>/bench/mt10.json, copied aside after each part).")
+    bm.add_argument("--out", required=True, help="folder for the merged mt10.json / mt50.json, its tables and plots.")
+    bm.set_defaults(func=cmd_bench_merge, config=None, set=None, no_progress=True)
 
     ab = sub.add_parser("ablate", help="variants of the distillation at one budget, on validation placements.",
                         description="Distil, export and evaluate each variant (full, no semantic stream, no action stream, "

@@ -468,17 +468,25 @@ class BenchConfig(_Base):
     bootstrap_samples: int = 2000
     compile: bool = False  # also measure latency under torch.compile
     seeds: int = 1  # training seeds of every trained row (seed k trains with train.seed + k); rows pool them
+    # only these training seeds (indices below `seeds`) in this invocation: one part of a bench split across machines
+    # or sessions, whose results files `actdistill bench-merge` pools; (): all of them
+    seed_list: tuple[int, ...] = ()
     baselines: tuple[str, ...] = ()  # which registered baselines run at every baseline budget; () = all of them
     # each row (its seed-0 policy) also runs the first N of its placements of every task (at most
     # eval.episodes_per_task) under each held-out paraphrase of the instruction; 0: none
     paraphrase_episodes_per_task: int = 10
 
-    _LATER_FIELDS = ("baselines", "paraphrase_episodes_per_task")
+    _LATER_FIELDS = ("baselines", "paraphrase_episodes_per_task", "seed_list")
 
     def __post_init__(self) -> None:
         self.actdistill_budgets = tuple(self.actdistill_budgets)
         self.baseline_budgets = tuple(self.baseline_budgets)
         self.baselines = tuple(self.baselines)
+        self.seed_list = tuple(self.seed_list)
+        _check(len(set(self.seed_list)) == len(self.seed_list), "BenchConfig.seed_list names a seed twice.")
+        for k in self.seed_list:
+            _check(0 <= k < self.seeds, f"BenchConfig.seed_list: seed {k} is not among the {self.seeds} training seeds "
+                                        f"(0 to {self.seeds - 1}); raise --seeds or drop it.")
         _check(len(set(self.baselines)) == len(self.baselines), "BenchConfig.baselines names a baseline twice.")
         _check(self.paraphrase_episodes_per_task >= 0,
                f"BenchConfig.paraphrase_episodes_per_task must be >= 0, got {self.paraphrase_episodes_per_task}.")
@@ -487,6 +495,10 @@ class BenchConfig(_Base):
         for r in self.baseline_budgets:
             _check(r in self.actdistill_budgets, f"BenchConfig.baseline_budgets: {r} has no ActDistill row to match.")
         _positive(self, "scratch_compute_scale", "latency_repeats", "latency_frames", "bootstrap_samples", "seeds")
+
+    def seeds_run(self) -> tuple[int, ...]:
+        """The training seed indices this invocation trains and evaluates."""
+        return tuple(sorted(self.seed_list)) if self.seed_list else tuple(range(self.seeds))
 
     @classmethod
     def quick(cls) -> "BenchConfig":

@@ -110,7 +110,8 @@ class Bench(RunArtifacts):
         self.stages = StageRunner()
         self.rows: dict[str, dict] = {}  # one per trained policy (per seed), by name
         self.policies: dict[str, Path] = {}
-        self.groups: dict[str, dict] = {"teacher": {"method": "teacher", "rho": None, "members": ["teacher"]}}
+        # one group per method and budget: its members (row names) and their training seed indices, in step
+        self.groups: dict[str, dict] = {"teacher": {"method": "teacher", "rho": None, "members": ["teacher"], "seeds": [0]}}
         self.settle_steps = self.rc.export.settle_steps if self.rc.export.settles else 0
         self.training: dict[str, dict] = {}
         self._similarity: torch.Tensor | None = None
@@ -118,7 +119,9 @@ class Bench(RunArtifacts):
     def member(self, method: str, rho: float, k: int) -> str:
         """The row name of training seed k of `method` at budget rho (seed 0 keeps the plain name and folders)."""
         name = f"{method}-rho{rho}" + (f"-seed{k}" if k else "")
-        self.groups.setdefault(f"{method}-rho{rho}", {"method": method, "rho": rho, "members": []})["members"].append(name)
+        group = self.groups.setdefault(f"{method}-rho{rho}", {"method": method, "rho": rho, "members": [], "seeds": []})
+        group["members"].append(name)
+        group["seeds"].append(k)
         return name
 
     def evaluate_row(self, name: str, folder: Path, weights_hash: str) -> None:

@@ -81,25 +81,27 @@ def check_bench_results(results: dict) -> None:
 
 
 def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
-    """The teacher, ActDistill at every budget and seed, then every registered baseline at every baseline budget."""
+    """The teacher, ActDistill at every budget and seed, then every registered baseline at every baseline budget
+    (only the training seeds `cfg.seed_list` names, when it names any: one part of a split bench)."""
     from actdistill.bench.rows import BASELINES, Bench, chosen_baselines
 
     chosen = chosen_baselines(cfg.baselines or tuple(BASELINES), "bench.baselines")
     bench = Bench(run_dir, cfg, progress)
     bench.evaluate_row("teacher", bench.teacher_dir, bench.teacher_hash)
     for rho in cfg.actdistill_budgets:
-        for k in range(cfg.seeds):
+        for k in cfg.seeds_run():
             bench.actdistill_row(rho, k)
     if cfg.baseline_budgets:
         bench.count_training_compute()
     for last in (False, True):  # the longest trainings last: every cheaper row is worth having first
         for rho in cfg.baseline_budgets:
-            for k in range(cfg.seeds):
+            for k in cfg.seeds_run():
                 for b, spec in BASELINES.items():
                     if b in chosen and spec.last == last and (spec.per_seed or k == 0):
                         spec.build(bench, rho, k, bench.matched_fraction(rho, k))
     paraphrased = bench.paraphrase_rows()
-    extra = {"training_compute": {k: {"steps": v["steps"], "pflops": v["flops"] / 1e15} for k, v in bench.training.items()}}
+    extra = {"training_compute": {k: {"steps": v["steps"], "pflops": v["flops"] / 1e15} for k, v in bench.training.items()},
+             "inputs": {"teacher": bench.teacher_hash, "cache": bench.cache.fingerprint}}  # what bench-merge checks
     results = finish_bench(bench.rows, bench.policies, bench.groups, cfg, bench.tasks, bench.data, bench.out, bench.rc, extra,
                            paraphrased)
     results["stages"] = bench.stages.rows
@@ -107,77 +109,126 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     return results
 
 
+COST_FIELDS = ("decoder_gflops", "policy_gflops", "latency_ms_median", "speedup", "peak_memory_mb", "weights_mb",
+               "activations_mb", "latency_ms_median_compiled", "speedup_compiled")
+
+
 def finish_bench(rows: dict, policies: dict, groups: dict, cfg: BenchConfig, tasks: tuple, data, out: Path, rc: RunConfig,
                  extra: dict | None = None, paraphrased: dict[str, list[dict]] | None = None) -> dict:
-    """One row per method and budget, pooled over its training seeds; cost and paraphrase columns from its seed-0
-    policy (`paraphrased`: row name -> its seed-0 evaluations under each held-out paraphrase)."""
+    """One row per method and budget, pooled over its training seeds; cost and paraphrase columns from its first
+    policy (`paraphrased`: row name -> that policy's evaluations under each held-out paraphrase); written to `out`."""
+    from actdistill.pipeline import layer_usage_report
+
+    costs = measure_costs(policies, groups, cfg, data)
+    para = {g: paraphrase_columns(rows[spec["members"][0]], paraphrased[g], cfg.bootstrap_samples)
+            for g, spec in groups.items() if paraphrased and paraphrased.get(g)}
+    results = assemble_bench(rows, groups, costs, para, cfg, rc, tasks, data.content_hash, extra)
+    for spec in groups.values():
+        first = rows[spec["members"][0]]
+        if spec["method"] == "actdistill" and first.get("layer_usage_per_task"):
+            layer_usage_report(first, out / f"eval-{spec['members'][0]}")  # per-task layer usage: markdown + heatmap
+    write_bench(results, out, get_suite(rc.collect.sim.suite).key)
+    return results
+
+
+def measure_costs(policies: dict, groups: dict, cfg: BenchConfig, data) -> dict[str, dict]:
+    """Per group, on its first policy (a seed changes the weights, not the architecture): decoder and policy FLOPs
+    per action query, batch-1 latency measured interleaved with every other group in this process, speedup over the
+    teacher, peak memory."""
     from actdistill.bench.cost import sample_frames
     from actdistill.bench.flops import policy_flops
     from actdistill.bench.latency import interleaved_latency
     from actdistill.bench.memory import peak_memory
-    from actdistill.pipeline import layer_usage_report
     from actdistill.registry import load_policy
 
-    teacher_row = rows["teacher"]
-    hard = [t for t in tasks if teacher_row["success_per_task"][t] < 0.9]
-    suite = get_suite(rc.collect.sim.suite)
-    suite_groups = {g: tuple(t for t in ts if t in tasks) for g, ts in suite.groups.items()}
     frames = sample_frames(data, cfg.latency_frames)
-    # a seed changes the weights, not the architecture: FLOPs, latency and memory are measured on seed 0's policy
-    firsts = {g: spec["members"][0] for g, spec in groups.items()}
-    loaded = {g: load_policy(policies[m]) for g, m in firsts.items()}
+    loaded = {g: load_policy(policies[spec["members"][0]]) for g, spec in groups.items()}
     latency = interleaved_latency(loaded, frames, repeats=cfg.latency_repeats)
     compiled = None
     if cfg.compile:
         compiled = interleaved_latency({n: _compiled(p) for n, p in loaded.items()}, frames, repeats=cfg.latency_repeats)
+    costs = {}
+    for g, policy in loaded.items():
+        fl = [policy_flops(policy, f) for f in frames]
+        mem = max((peak_memory(policy, f) for f in frames), key=lambda m: m["peak_memory_mb"])
+        costs[g] = {"decoder_gflops": float(np.mean([x["decoder_flops"] for x in fl])) / 1e9,
+                    "policy_gflops": float(np.mean([x["policy_flops"] for x in fl])) / 1e9,
+                    "latency_ms_median": latency[g], "speedup": latency["teacher"] / latency[g],
+                    "peak_memory_mb": mem["peak_memory_mb"], "weights_mb": mem["weights_mb"],
+                    "activations_mb": mem["activations_mb"]}
+        if compiled:
+            costs[g].update(latency_ms_median_compiled=compiled[g], speedup_compiled=compiled["teacher"] / compiled[g])
+    return costs
+
+
+def assemble_bench(rows: dict, groups: dict, costs: dict, para: dict, cfg: BenchConfig, rc: RunConfig, tasks: tuple,
+                   content_hash: str | None, extra: dict | None = None) -> dict:
+    """The results file from every member's evaluation row (`rows`, by name), the groups (method, budget, members and
+    their seed indices), each group's cost and paraphrase columns; checked against the schema."""
+    teacher_row = rows["teacher"]
+    hard = [t for t in tasks if teacher_row["success_per_task"][t] < 0.9]
+    suite = get_suite(rc.collect.sim.suite)
+    suite_groups = {g: tuple(t for t in ts if t in tasks) for g, ts in suite.groups.items()}
     out_rows = []
     for name, spec in groups.items():
         members = [rows[m] for m in spec["members"]]
-        fl = [policy_flops(loaded[name], f) for f in frames]
-        dec = float(np.mean([x["decoder_flops"] for x in fl])) / 1e9
-        pol = float(np.mean([x["policy_flops"] for x in fl])) / 1e9
-        mem = max((peak_memory(loaded[name], f) for f in frames), key=lambda m: m["peak_memory_mb"])
         row = pool_seeds(name, members, tasks, suite_groups)
-        if paraphrased and paraphrased.get(name):
-            row.update(paraphrase_columns(members[0], paraphrased[name], cfg.bootstrap_samples))
+        row.update(para.get(name, {}))
         row.update(method=spec["method"], rho=spec["rho"],
                    success_hard=float(np.mean([row["success_per_task"][t] for t in hard])) if hard else None,
-                   decoder_gflops=dec, policy_gflops=pol,
-                   latency_ms_median=latency[name], speedup=latency["teacher"] / latency[name],
-                   peak_memory_mb=mem["peak_memory_mb"], weights_mb=mem["weights_mb"], activations_mb=mem["activations_mb"])
-        if compiled:
-            row.update(latency_ms_median_compiled=compiled[name], speedup_compiled=compiled["teacher"] / compiled[name])
+                   **costs[name])
         ref = f"actdistill-rho{spec['rho']}"
         if spec["method"] not in ("teacher", "actdistill") and ref in groups:
-            a = [r["per_episode_success"] for r in members]
-            b = [rows[m]["per_episode_success"] for m in groups[ref]["members"]]
-            row["delta_vs_actdistill"], row["delta_vs_actdistill_per_seed"] = seed_paired_difference(a, b, cfg.bootstrap_samples)
+            a, b = seed_aligned(spec, groups[ref], rows)
+            row["delta_vs_actdistill"], row["delta_vs_actdistill_per_seed"] = seed_paired_difference(
+                a, b, cfg.bootstrap_samples)
         out_rows.append(row)
-        if spec["method"] == "actdistill" and members[0].get("layer_usage_per_task"):
-            layer_usage_report(members[0], out / f"eval-{firsts[name]}")  # per-task layer usage: markdown + heatmap
     t_pol = next(r["policy_gflops"] for r in out_rows if r["name"] == "teacher")
     for r in out_rows:
         r["ideal_speedup"] = t_pol / r["policy_gflops"]
         r["speedup_of_ideal"] = r["speedup"] / r["ideal_speedup"]
-    seed_rows = [{"name": m, "group": g, "seed": i, **{k: rows[m][k] for k in ("success_mean", "success_per_task")},
-                  "layers_executed_frac": rows[m].get("layers_executed_frac", 1.0)}
-                 for g, spec in groups.items() for i, m in enumerate(spec["members"])]
+    # every member's whole evaluation row (per-episode success included): what `bench-merge` pools across parts
+    seed_rows = [{**rows[m], "group": g, "seed": k}
+                 for g, spec in groups.items() for m, k in zip(spec["members"], spec["seeds"])]
     results = {"benchmark": suite.name, "split": cfg.eval.split,
                "config": {"run": rc.to_dict(), "bench": cfg.to_dict()},
-               "provenance": provenance(), "dataset_content_hash": data.content_hash, "hard_tasks": hard,
+               "provenance": provenance(), "dataset_content_hash": content_hash, "hard_tasks": hard,
                "groups": {g: list(ts) for g, ts in suite_groups.items() if ts},
                **(extra or {}), "rows": out_rows, "seed_rows": seed_rows}
     check_bench_results(results)
-    name = results_file(suite.key)
-    atomic_write_json(out / name, results)
-    table = bench_table(out_rows)
-    if results["groups"] or any("success_paraphrase" in r for r in out_rows):
-        table += "\n" + group_table(out_rows, list(results["groups"]))
-    atomic_write_bytes(out / name.replace(".json", ".md"), table.encode())
-    pareto_plot(out_rows, out / "pareto.png", suite.name)
-    if results["groups"] and any("layers_executed_per_group" in r for r in out_rows):
-        group_usage_plot(out_rows, list(results["groups"]), out / "group_usage.png")
     return results
+
+
+def seed_aligned(spec: dict, ref: dict, rows: dict) -> tuple[list, list]:
+    """Per-episode successes of a group and of its ActDistill reference, seed by seed over the seeds both have; a
+    group of one member (early exit, trained on nothing) is paired with every seed of the reference."""
+    if len(spec["members"]) == 1:
+        return [rows[spec["members"][0]]["per_episode_success"]], [rows[m]["per_episode_success"] for m in ref["members"]]
+    mine, theirs = dict(zip(spec["seeds"], spec["members"])), dict(zip(ref["seeds"], ref["members"]))
+    common = sorted(set(mine) & set(theirs))
+    if not common:
+        raise ArtifactError(f"bench group '{spec['members'][0]}' shares no training seed with its ActDistill row.")
+    return [rows[mine[k]]["per_episode_success"] for k in common], [rows[theirs[k]]["per_episode_success"] for k in common]
+
+
+def write_bench(results: dict, out: Path, suite_key: str) -> Path:
+    """`<suite>.json`, its markdown tables and the Pareto (and per-group usage) plots in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    name = results_file(suite_key)
+    atomic_write_json(out / name, results)
+    rows = results["rows"]
+    table = bench_table(rows)
+    if results["groups"] or any("success_paraphrase" in r for r in rows):
+        table += "\n" + group_table(rows, list(results["groups"]))
+    atomic_write_bytes(out / name.replace(".json", ".md"), table.encode())
+    pareto_plot(rows, out / "pareto.png", results["benchmark"])
+    if results["groups"] and any("layers_executed_per_group" in r for r in rows):
+        group_usage_plot(rows, list(results["groups"]), out / "group_usage.png")
+    return out / name
+
+
+PARAPHRASE_FIELDS = ("success_paraphrase", "success_paraphrase_ci95", "success_paraphrase_per_task",
+                     "success_paraphrase_each", "paraphrase_episodes_per_task", "instruction_minus_paraphrase")
 
 
 def paraphrase_columns(row: dict, evals: list[dict], samples: int) -> dict:
