@@ -517,14 +517,6 @@ def _add_pipeline_commands(sub) -> None:
     _common(bn)
     bn.set_defaults(func=cmd_bench)
 
-    bm = sub.add_parser("bench-merge", help="pool the results files of a bench run in parts (--seed-list) into one.",
-                        description="Pool the results files of parts of one bench (same run, teacher, cache, dataset and "
-                        "bench config; each part some of the training seeds) into the results of the whole bench: "
-                        "per-seed successes, pooled CIs, seed-paired differences.")
-    bm.add_argument("parts", nargs="+", help="the parts' results files (<run>/bench/mt10.json, copied aside after each part).")
-    bm.add_argument("--out", required=True, help="folder for the merged mt10.json / mt50.json, its tables and plots.")
-    bm.set_defaults(func=cmd_bench_merge, config=None, set=None, no_progress=True)
-
     ab = sub.add_parser("ablate", help="variants of the distillation at one budget, on validation placements.",
                         description="Distil, export and evaluate each variant (full, no semantic stream, no action stream, "
                         "router-KD, stream normalisations, quantile gating, hybrid depth, settled) on a finished `actdistill "
@@ -564,6 +556,7 @@ def _add_pipeline_commands(sub) -> None:
     sp.add_argument("--out", help="write the report here (a .json; the table and the plot go beside it as .md and .png).")
     sp.set_defaults(func=cmd_spread, config=None, set=None, no_progress=True)
     _add_compare_command(sub)
+    _add_merge_command(sub)
 
     pl = sub.add_parser("plan", help="per-device memory of a training stage under DDP and FSDP, and whether it fits.",
                         description="Dry-runs one training step on fake tensors (no memory, no arithmetic) and adds up what "
@@ -587,6 +580,17 @@ def _add_pipeline_commands(sub) -> None:
     r.add_argument("--out", help="output folder (default runs/default, or runs/quick with --quick).")
     _common(r)
     r.set_defaults(func=cmd_run)
+
+
+def _add_merge_command(sub) -> None:
+    """bench-merge: one bench from its parts' results files."""
+    bm = sub.add_parser("bench-merge", help="pool the results files of a bench run in parts (--seed-list) into one.",
+                        description="Pool the results files of parts of one bench (same run, teacher, cache, dataset and "
+                        "bench config; each part some of the training seeds) into the results of the whole bench: "
+                        "per-seed successes, pooled CIs, seed-paired differences.")
+    bm.add_argument("parts", nargs="+", help="the parts' results files (<run>/bench/mt10.json, copied aside after each part).")
+    bm.add_argument("--out", required=True, help="folder for the merged mt10.json / mt50.json, its tables and plots.")
+    bm.set_defaults(func=cmd_bench_merge, config=None, set=None, no_progress=True)
 
 
 def _add_compare_command(sub) -> None:
