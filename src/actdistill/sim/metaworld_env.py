@@ -11,6 +11,8 @@ Shadows, reflections and multisampling are switched off: the same picture at
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 from typing import Any
 
@@ -222,6 +224,7 @@ def _acquire_renderer(key: tuple[str, int], model, image_size: int):
     entry = _RENDERERS.get(key)
     if entry is None:
         entry = _RENDERERS[key] = [mujoco.Renderer(model, image_size, image_size), 0]
+        _close_at_exit()
     entry[1] += 1
     return entry[0]
 
@@ -232,6 +235,20 @@ def _release_renderer(key: tuple[str, int]) -> None:
     if entry[1] == 0:  # the task's last environment: free the GL context
         entry[0].close()
         del _RENDERERS[key]
+
+
+@functools.cache
+def _close_at_exit() -> None:
+    """Free, at exit, the renderers of environments never closed, while mujoco's EGL bindings still work: left to
+    interpreter shutdown, their destructors find the bindings torn down and each prints a traceback. Registered
+    once a renderer exists, so after mujoco's own exit handler (which terminates the EGL display) and hence run
+    before it (exit handlers run last registered, first run)."""
+    def close_all() -> None:
+        while _RENDERERS:
+            _, (renderer, _) = _RENDERERS.popitem()
+            renderer.close()
+
+    atexit.register(close_all)
 
 
 def _maker(benchmark: str):
