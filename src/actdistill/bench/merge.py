@@ -98,9 +98,9 @@ def merge_bench(paths: list[Path]) -> dict:
         para[name] = {k: row[k] for k in PARAPHRASE_FIELDS if k in row}
     ref = parts[0]
     seeds = sorted({k for g in groups.values() for k in g["seeds"]})
-    bcfg = BenchConfig.from_dict(_bench_config(ref))
-    if seeds != list(range(bcfg.seeds)):
-        bcfg = BenchConfig.from_dict({**_bench_config(ref), "seed_list": seeds})
+    shared = _bench_config(ref)
+    every_seed = seeds == list(range(shared.get("seeds", BenchConfig.seeds)))
+    bcfg = BenchConfig.from_dict(shared if every_seed else {**shared, "seed_list": seeds})
     rc = RunConfig.from_dict(ref["config"]["run"])
     tasks = tuple(rows["teacher"]["success_per_task"])
     training = {}
