@@ -104,3 +104,11 @@ def test_stream_normalisations_equal_their_formulas():
     assert s.item() == pytest.approx(6.0) and a.item() == pytest.approx(0.5)
     with pytest.raises(ValueError, match="needs the streams' values"):
         normalise_streams(sem, act, "initial", 5)
+
+
+def test_the_streams_weight_falls_linearly_to_zero_over_its_fraction_of_training():
+    from actdistill.distill.losses import stream_weight
+
+    assert [stream_weight(s, 10, 0.0) for s in (0, 5, 10)] == [1.0, 1.0, 1.0]  # off: constant weights
+    assert [stream_weight(s, 10, 1.0) for s in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
+    assert [stream_weight(s, 10, 0.5) for s in (0, 2, 5, 7, 10)] == pytest.approx([1.0, 0.6, 0.0, 0.0, 0.0])

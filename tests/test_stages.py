@@ -164,3 +164,25 @@ def test_settling_refuses_a_cache_the_student_was_not_distilled_with(distilled, 
     with pytest.raises(ArtifactError, match="distilled against another teacher cache"):
         run_export(cfg, distilled[0], tiny_demos, tmp_path / "x", SimConfig(tasks=TINY_TASKS, image_size=32), progress=False,
                    teacher_dir=other_teacher, probe_dir=other_probe)
+
+
+def test_decayed_streams_leave_the_task_loss_and_gate_terms_alone_and_settling_keeps_them_off(
+        tiny_teacher, tiny_demos, probed, tmp_path):
+    """stream_decay=0.5 over 12 steps: full streams at step 0, none from step 6 on (the logged loss is then the task
+    loss plus the gate terms), and settling with the distillation objective trains with the streams still off."""
+    import dataclasses
+
+    cfg = dataclasses.replace(DISTILL, stream_decay=0.5)
+    run_distill(cfg, tiny_teacher, probed[0], tiny_demos, tmp_path / "d", progress=False)
+    first, last = [json.loads(x) for x in (tmp_path / "d" / "train_log.jsonl").read_text().splitlines()]
+    gates = {r["step"]: cfg.lambda_bal * r["bal"] + cfg.lambda_bud * r["bud"] + cfg.lambda_pol * r["pol"] for r in (first, last)}
+    assert first["step"] == 0 and first["stream_w"] == 1.0
+    assert first["loss"] == pytest.approx(first["task"] + first["sem"] + first["act"] + gates[0], rel=1e-5)
+    assert last["step"] == 11 and last["stream_w"] == 0.0 and last["sem"] > 0 and last["act"] > 0
+    assert last["loss"] == pytest.approx(last["task"] + gates[11], rel=1e-5)
+    sim = SimConfig(tasks=TINY_TASKS, image_size=32)
+    x = ExportConfig(calib_episodes_per_task=1, calib_rounds=1, max_steps=8, settle_steps=2, calib_workers=1)
+    run_export(x, tmp_path / "d", tiny_demos, tmp_path / "x", sim, progress=False, teacher_dir=tiny_teacher,
+               probe_dir=probed[0])
+    settled = [json.loads(x) for x in (tmp_path / "x" / "settle" / "train_log.jsonl").read_text().splitlines()]
+    assert settled and all(r["stream_w"] == 0.0 for r in settled)

@@ -330,6 +330,9 @@ class DistillConfig(_Base):
     threshold_source: str = "running"
     always_run: int = 0  # hybrid depth: this many layers run for every input (those that change their input most)
     stream_norm: str = "none"  # "none", "terms" (mean instead of sum), "initial" (each stream / its value at start)
+    # the per-layer streams' weight falls linearly from 1 to 0 over this fraction of the training steps and stays 0
+    # after (settling included): the streams shape the start, the task loss alone the end; 0 = constant weights
+    stream_decay: float = 0.0
     # router consistency (distill/consistency.py): weight of the gate-logit agreement between each batch and a
     # perturbed view of it (brightness and contrast factors in [1 - jitter, 1 + jitter], instruction embeddings moved
     # by up to lang_noise); 0 = off
@@ -347,7 +350,7 @@ class DistillConfig(_Base):
 
     _LATER_FIELDS = ("gating", "threshold_momentum", "always_run", "stream_norm", "threshold_source",
                      "router_consistency", "router_jitter", "router_lang_noise", "router_reword", "semantic_on",
-                     "router_inputs")
+                     "router_inputs", "stream_decay")
 
     def __post_init__(self) -> None:
         _check(0.0 < self.rho <= 1.0, f"DistillConfig.rho must be in (0, 1], got {self.rho}.")
@@ -372,6 +375,8 @@ class DistillConfig(_Base):
                f"DistillConfig.router_reword must be in [0, 1], got {self.router_reword}.")
         _check(self.stream_norm in STREAM_NORMS,
                f"DistillConfig.stream_norm must be one of {', '.join(STREAM_NORMS)}, got {self.stream_norm!r}.")
+        _check(0.0 <= self.stream_decay <= 1.0,
+               f"DistillConfig.stream_decay must be in [0, 1] (a fraction of the training steps), got {self.stream_decay}.")
         _check_router_inputs(self)
 
 

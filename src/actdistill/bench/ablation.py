@@ -30,10 +30,16 @@ VARIANTS: dict[str, dict] = {
     "no-semantic": {"distill.alpha": 0.0},
     "no-action": {"distill.beta": 0.0},
     "router-kd": {"kind": "router-kd"},  # no per-layer terms: final-action distillation only
+    # the same routed student trained on the task loss alone (no distillation from the teacher at all)
+    "router-task": {"kind": "router-kd", "distill.beta": 0.0},
     "norm-terms": {"distill.stream_norm": "terms"},
     "norm-initial": {"distill.stream_norm": "initial"},
     "quantile": {"distill.gating": "quantile", "export.calib_rounds": 1},  # calibration measures, never shifts
     "hybrid": {"distill.always_run": 3},
+    # the per-layer streams' weight falls linearly to 0 over all (decay) or the first half (decay-half) of the
+    # training steps: the streams shape the router and the early student, the task loss alone finishes it
+    "decay": {"distill.stream_decay": 1.0},
+    "decay-half": {"distill.stream_decay": 0.5},
     # the semantic stream compares only the rows that ran each layer (distill/losses.py semantic_loss)
     "sem-executed": {"distill.semantic_on": "executed"},
     # the winners of the single changes, combined (candidates for the default)

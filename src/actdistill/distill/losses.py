@@ -117,6 +117,14 @@ def routed_gate_losses(gates: torch.Tensor, routed: list[int], tau: float, rho: 
     return {"bal": balance_loss(g), "bud": bud, "pol": polarization_loss(g)}
 
 
+def stream_weight(step: int, steps: int, decay: float) -> float:
+    """The per-layer streams' weight at training step `step` of `steps` (DistillConfig.stream_decay): 1 - step /
+    (decay * steps), floored at 0; 1 throughout when `decay` is 0."""
+    if decay <= 0:
+        return 1.0
+    return max(0.0, 1.0 - step / (decay * steps))
+
+
 INITIAL_FLOOR = 1e-4  # "initial": a stream smaller than this at the start is not rescaled
 
 

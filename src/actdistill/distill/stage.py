@@ -19,7 +19,7 @@ from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
 from actdistill.distill.consistency import consistency_loss, router_view, view_rewordings
 from actdistill.distill.losses import (action_stream_loss, layer_weights, normalise_streams, routed_gate_losses,
-                                       semantic_loss)
+                                       semantic_loss, stream_weight)
 from actdistill.distill.similarity import layer_input_similarity
 from actdistill.distill.routing import RoutedStudent
 from actdistill.models.heads import action_loss
@@ -30,10 +30,11 @@ from actdistill.training import distributed_summary, main_process_writes, step_g
 
 def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, soft: bool,
                  initial: torch.Tensor | None = None, step: int = 0,
-                 rewordings: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                 rewordings: torch.Tensor | None = None, stream_step: int | None = None) -> tuple[torch.Tensor, dict]:
     """The ActDistill objective; `initial` = (L_sem, L_act) of the untrained student for stream_norm="initial";
     `step` seeds the router-consistency view (a pure function of seed and step, so a resumed run draws the same);
-    `rewordings` = the (tasks, K, D) table of training rewordings when cfg.router_reword > 0."""
+    `rewordings` = the (tasks, K, D) table of training rewordings when cfg.router_reword > 0; `stream_step` = the
+    step the streams' decay reads (cfg.stream_decay; default `step`: settling passes the last training step)."""
     if cfg.router_consistency > 0:
         gen = step_generator(cfg.train.seed * 104_729 + step)
         view = router_view(batch, cfg.router_jitter, cfg.router_lang_noise, gen, rewordings, cfg.router_reword)
@@ -43,7 +44,11 @@ def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, s
     l_task, l_sem, l_act = _streams(student, out, batch, cache, cfg)
     l_sem, l_act = normalise_streams(l_sem, l_act, cfg.stream_norm, student.num_layers, initial)
     g = out["gates"]
-    loss, gl = with_gate_terms(l_task + cfg.alpha * l_sem + cfg.beta * l_act, student, out, cfg)
+    alpha, beta = cfg.alpha, cfg.beta
+    w = stream_weight(step if stream_step is None else stream_step, cfg.train.steps, cfg.stream_decay)
+    if cfg.stream_decay > 0:  # (the product is skipped otherwise, so earlier losses reproduce bitwise)
+        alpha, beta = alpha * w, beta * w
+    loss, gl = with_gate_terms(l_task + alpha * l_sem + beta * l_act, student, out, cfg)
     cons = {}
     if cfg.router_consistency > 0:
         cons["cons"] = consistency_loss(out["logits"], out["view_logits"], out["routed"])
@@ -52,6 +57,8 @@ def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, s
     logs = {"loss": loss.item(), "task": l_task.item(), "sem": l_sem.item(), "act": l_act.item(),
             **{k: v.item() for k, v in {**gl, **cons}.items()}, "keep": on.float().mean().item(), "g": g.mean().item(),
             "gate_on_per_layer": [round(v, 3) for v in on.float().mean(0).tolist()]}
+    if cfg.stream_decay > 0:
+        logs["stream_w"] = w
     return loss, logs
 
 
