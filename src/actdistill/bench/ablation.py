@@ -40,6 +40,8 @@ VARIANTS: dict[str, dict] = {
     # training steps: the streams shape the router and the early student, the task loss alone finishes it
     "decay": {"distill.stream_decay": 1.0},
     "decay-half": {"distill.stream_decay": 0.5},
+    # both: the static-prune layers always run, the per-layer streams decay to 0
+    "hybrid-decay": {"distill.always_run": 3, "distill.stream_decay": 1.0},
     # the semantic stream compares only the rows that ran each layer (distill/losses.py semantic_loss)
     "sem-executed": {"distill.semantic_on": "executed"},
     # the winners of the single changes, combined (candidates for the default)
