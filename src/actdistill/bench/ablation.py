@@ -42,6 +42,8 @@ VARIANTS: dict[str, dict] = {
     "decay-half": {"distill.stream_decay": 0.5},
     # both: the static-prune layers always run, the per-layer streams decay to 0
     "hybrid-decay": {"distill.always_run": 3, "distill.stream_decay": 1.0},
+    # router-KD with the same always-run layers as hybrid
+    "hybrid-router-kd": {"kind": "router-kd", "distill.always_run": 3},
     # the semantic stream compares only the rows that ran each layer (distill/losses.py semantic_loss)
     "sem-executed": {"distill.semantic_on": "executed"},
     # the winners of the single changes, combined (candidates for the default)
