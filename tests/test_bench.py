@@ -215,3 +215,24 @@ def test_calibration_refuses_test_placements_before_any_episode():
     seeds = {"reach-v3": placement_seeds("eval", 0, 2)}
     with pytest.raises(ValueError, match="given 2 test placement"):
         calibrate(NoEpisodes(), 0.5, ExportConfig(), SimConfig(tasks=("reach-v3",)), seeds)
+
+
+def test_an_ablation_variant_reuses_a_distillation_made_under_any_earlier_variant_folder(tmp_path):
+    """`hybrid+settle-final` after an earlier call made `hybrid+settle` (folder hybrid-settle, a name neither in the
+    variant table nor in this call): the distillation there is reused, not trained again; another config is not."""
+    import dataclasses
+
+    from actdistill.artifacts import make_header, write_header
+    from actdistill.bench.ablation import distillation_folder
+    from actdistill.config import DistillConfig
+
+    out, dkey = tmp_path / "ablation-rho0.3", {"teacher": "t", "cache": {"hash": "c"}}
+    hybrid = DistillConfig(rho=0.3, always_run=3)
+    earlier = out / "hybrid-settle" / "distill"
+    earlier.mkdir(parents=True)
+    write_header(earlier, make_header("distill", hybrid.to_dict(), inputs=dkey))
+    own = out / "hybrid-settle-final" / "distill"
+    assert distillation_folder(out, tmp_path / "distill-rho0.3", ["hybrid+settle-final"], hybrid, dkey, own) == earlier
+    other = dataclasses.replace(hybrid, stream_decay=1.0)
+    assert distillation_folder(out, tmp_path / "distill-rho0.3", ["hybrid+settle-final"], other, dkey, own) == own
+    assert distillation_folder(out, tmp_path / "distill-rho0.3", [], hybrid, {**dkey, "teacher": "u"}, own) == own
