@@ -218,8 +218,8 @@ def test_calibration_refuses_test_placements_before_any_episode():
 
 
 def test_an_ablation_variant_reuses_a_distillation_made_under_any_earlier_variant_folder(tmp_path):
-    """`hybrid+settle-final` after an earlier call made `hybrid+settle` (folder hybrid-settle, a name neither in the
-    variant table nor in this call): the distillation there is reused, not trained again; another config is not."""
+    """`hybrid+settle-final` after an earlier call made `hybrid+settle` (folder hybrid-settle, a name not in the
+    variant table): the distillation there is reused, not trained again; another config is not."""
     import dataclasses
 
     from actdistill.artifacts import make_header, write_header
@@ -232,7 +232,7 @@ def test_an_ablation_variant_reuses_a_distillation_made_under_any_earlier_varian
     earlier.mkdir(parents=True)
     write_header(earlier, make_header("distill", hybrid.to_dict(), inputs=dkey))
     own = out / "hybrid-settle-final" / "distill"
-    assert distillation_folder(out, tmp_path / "distill-rho0.3", ["hybrid+settle-final"], hybrid, dkey, own) == earlier
+    assert distillation_folder(out, tmp_path / "distill-rho0.3", hybrid, dkey, own) == earlier
     other = dataclasses.replace(hybrid, stream_decay=1.0)
-    assert distillation_folder(out, tmp_path / "distill-rho0.3", ["hybrid+settle-final"], other, dkey, own) == own
-    assert distillation_folder(out, tmp_path / "distill-rho0.3", [], hybrid, {**dkey, "teacher": "u"}, own) == own
+    assert distillation_folder(out, tmp_path / "distill-rho0.3", other, dkey, own) == own
+    assert distillation_folder(out, tmp_path / "distill-rho0.3", hybrid, {**dkey, "teacher": "u"}, own) == own

@@ -181,8 +181,8 @@ def test_decayed_streams_leave_the_task_loss_and_gate_terms_alone_and_settling_k
     assert last["step"] == 11 and last["stream_w"] == 0.0 and last["sem"] > 0 and last["act"] > 0
     assert last["loss"] == pytest.approx(last["task"] + gates[11], rel=1e-5)
     sim = SimConfig(tasks=TINY_TASKS, image_size=32)
-    x = ExportConfig(calib_episodes_per_task=1, calib_rounds=1, max_steps=8, settle_steps=2, calib_workers=1)
-    run_export(x, tmp_path / "d", tiny_demos, tmp_path / "x", sim, progress=False, teacher_dir=tiny_teacher,
+    xcfg = ExportConfig(calib_episodes_per_task=1, calib_rounds=1, max_steps=8, settle_steps=2, calib_workers=1)
+    run_export(xcfg, tmp_path / "d", tiny_demos, tmp_path / "x", sim, progress=False, teacher_dir=tiny_teacher,
                probe_dir=probed[0])
     settled = [json.loads(x) for x in (tmp_path / "x" / "settle" / "train_log.jsonl").read_text().splitlines()]
     assert settled and all(r["stream_w"] == 0.0 for r in settled)

@@ -130,7 +130,7 @@ def run_ablation(run_dir: Path, cfg: AblationConfig, progress: bool = True) -> d
             policy_dir, distilled = folder, {}
         else:
             dkey = {"teacher": teacher_hash, "cache": cache.fingerprint}
-            ddir = distillation_folder(out, run_dir / f"distill-rho{cfg.rho}", cfg.variants, dcfg, dkey, folder / "distill")
+            ddir = distillation_folder(out, run_dir / f"distill-rho{cfg.rho}", dcfg, dkey, folder / "distill")
             distilled = st.run(f"{name}: distill", "distill", ddir, dcfg.to_dict(), dkey,
                                lambda dcfg=dcfg, ddir=ddir: run_distill(dcfg, teacher_dir, probe_dir, data_path, ddir, progress),
                                lambda s: f"keep {s['train_keep_ratio']:.2f}", lambda s: s["weights"])
@@ -152,14 +152,12 @@ def run_ablation(run_dir: Path, cfg: AblationConfig, progress: bool = True) -> d
     return finish_ablation(rows, cfg, rc, out, data.content_hash, st, perturbed)
 
 
-def distillation_folder(out: Path, run_distill_dir: Path, variants, dcfg: DistillConfig, dkey: dict, own: Path) -> Path:
+def distillation_folder(out: Path, run_distill_dir: Path, dcfg: DistillConfig, dkey: dict, own: Path) -> Path:
     """Where a variant's distillation is, or goes (`own`): a variant that differs from another only in its export
     settings reuses that one's distilled student, from any variant folder under `out` (this call's or an earlier
     call's), and one equal to the run's own distillation at this budget reuses the run's student."""
-    made = sorted(p.name for p in out.iterdir() if p.is_dir()) if out.is_dir() else []
-    names = dict.fromkeys([*(v.replace("+", "-") for v in [*VARIANTS, *variants]), *made])
-    return next((d for d in [out / n / "distill" for n in names] + [run_distill_dir]
-                 if finished(d, "distill", dcfg.to_dict(), dkey)), own)
+    made = sorted(p / "distill" for p in out.iterdir() if p.is_dir()) if out.is_dir() else []
+    return next((d for d in [*made, run_distill_dir] if finished(d, "distill", dcfg.to_dict(), dkey)), own)
 
 
 def evaluate_variant(st: StageRunner, name: str, policy_dir: Path, weights_hash: str, ecfg, sim, root: Path,

@@ -44,11 +44,8 @@ def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, s
     l_task, l_sem, l_act = _streams(student, out, batch, cache, cfg)
     l_sem, l_act = normalise_streams(l_sem, l_act, cfg.stream_norm, student.num_layers, initial)
     g = out["gates"]
-    alpha, beta = cfg.alpha, cfg.beta
-    w = stream_weight(step if stream_step is None else stream_step, cfg.train.steps, cfg.stream_decay)
-    if cfg.stream_decay > 0:  # (the product is skipped otherwise, so earlier losses reproduce bitwise)
-        alpha, beta = alpha * w, beta * w
-    loss, gl = with_gate_terms(l_task + alpha * l_sem + beta * l_act, student, out, cfg)
+    w = stream_weight(step if stream_step is None else stream_step, cfg.train.steps, cfg.stream_decay)  # 1.0 when off
+    loss, gl = with_gate_terms(l_task + cfg.alpha * w * l_sem + cfg.beta * w * l_act, student, out, cfg)
     cons = {}
     if cfg.router_consistency > 0:
         cons["cons"] = consistency_loss(out["logits"], out["view_logits"], out["routed"])
