@@ -186,3 +186,59 @@ def test_decayed_streams_leave_the_task_loss_and_gate_terms_alone_and_settling_k
                probe_dir=probed[0])
     settled = [json.loads(x) for x in (tmp_path / "x" / "settle" / "train_log.jsonl").read_text().splitlines()]
     assert settled and all(r["stream_w"] == 0.0 for r in settled)
+
+
+def test_online_targets_are_the_teachers_on_the_batch_as_the_student_sees_it(tiny_teacher, tiny_demos, probed):
+    """On unshifted frames the online targets are the cache's; on shifted ones they move with the image, so a student
+    that runs every layer (an exact copy of the teacher) has no semantic error against them and a positive one
+    against the cache (the targets of frames it was not shown). Changing the module they were built from (export's
+    settling loads the student's extractors into it) leaves them alone."""
+    from actdistill.data.dataset import FrameDataset
+    from actdistill.data.hdf5 import read_demos
+    from actdistill.distill.routing import RoutedStudent
+    from actdistill.distill.stage import _streams
+    from actdistill.distill.targets import teacher_targets
+    from actdistill.probe.stage import load_probe_artifact
+    from actdistill.teacher import load_teacher
+    from actdistill.training import random_shift
+
+    teacher, tinfo = load_teacher(tiny_teacher)
+    data = FrameDataset(read_demos(tiny_demos), teacher.config.chunk_size, tuple(tinfo["tasks"]))
+    probes, cache, _ = load_probe_artifact(probed[0], teacher, tinfo["header"]["weights_hash"], data.fingerprint)
+    online, cached = teacher_targets("online", cache, teacher, probes), teacher_targets("cache", cache)
+    batch = data.batch(torch.arange(0, len(data), max(1, len(data) // 8)))
+    for got, want in zip(online(batch), cached(batch)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    shifted = {**batch, "observation.image": random_shift(batch["observation.image"], 3, torch.Generator().manual_seed(0))}
+    assert not torch.equal(shifted["observation.image"], batch["observation.image"])
+    student = RoutedStudent.from_teacher(teacher, probes, router_dim=8)
+    out = student.forward_train(shifted, masks=torch.ones(len(batch["sample_id"]), student.num_layers))
+    cfg = DistillConfig(teacher_targets="online")
+    against_online, against_cache = (_streams(student, out, shifted, t, cfg)[1].item() for t in (online, cached))
+    assert against_online < 1e-3 * against_cache and against_cache > 1e-5, (against_online, against_cache)
+    before = online(shifted)
+    with torch.no_grad():
+        for p in probes.parameters():
+            p.add_(1.0)
+    for got, want in zip(online(shifted), before):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="need the teacher and its probes"):
+        teacher_targets("online", cache)
+    with pytest.raises(ConfigError, match="teacher_targets must be one of cache, online"):
+        DistillConfig(teacher_targets="live")
+
+
+def test_a_distillation_on_shifted_images_with_online_targets_distils_and_settles(tiny_teacher, tiny_demos, probed,
+                                                                                 tmp_path):
+    import dataclasses
+
+    cfg = dataclasses.replace(DISTILL, teacher_targets="online",
+                              train=dataclasses.replace(DISTILL.train, shift_augment=2))
+    s = run_distill(cfg, tiny_teacher, probed[0], tiny_demos, tmp_path / "d", progress=False)
+    assert s["steps"] == cfg.train.steps and all(np.isfinite(s["final"][k]) for k in ("sem", "act", "task"))
+    saved = json.loads((tmp_path / "d" / "config.json").read_text())["distill"]
+    assert saved["teacher_targets"] == "online" and saved["train"]["shift_augment"] == 2
+    xcfg = ExportConfig(calib_episodes_per_task=1, calib_rounds=1, max_steps=8, settle_steps=2, calib_workers=1)
+    x = run_export(xcfg, tmp_path / "d", tiny_demos, tmp_path / "x", SimConfig(tasks=TINY_TASKS, image_size=32),
+                   progress=False, teacher_dir=tiny_teacher, probe_dir=probed[0])
+    assert x["settle"]["steps"] == 2

@@ -25,6 +25,7 @@ SHARDINGS: tuple[str, ...] = ("none", "fsdp")  # how training spreads a model ov
 PRECISIONS: tuple[str, ...] = ("no", "bf16")  # training compute precision
 GATINGS: tuple[str, ...] = ("threshold", "quantile")  # training gates of the router (distill/routing.py)
 STREAM_NORMS: tuple[str, ...] = ("none", "terms", "initial")  # distillation stream scales (distill/losses.py)
+TEACHER_TARGETS: tuple[str, ...] = ("cache", "online")  # where the per-layer teacher targets come from (distill/targets.py)
 # what the router reads (distill/routing.py Router): the vision and language tokens, or the vision tokens only
 ROUTER_INPUTS: tuple[str, ...] = ("vision+language", "vision")
 def _check(cond: bool, msg: str) -> None:
@@ -347,10 +348,14 @@ class DistillConfig(_Base):
     # the router's inputs: "vision+language", or "vision" (gates that an unseen phrasing of the instruction cannot
     # move; the decoder still reads the instruction)
     router_inputs: str = "vision+language"
+    # the per-layer teacher targets: "cache" (the probe stage's pass over the unaugmented training frames) or
+    # "online" (the frozen teacher and probes run on every batch as the student sees it, after train.shift_augment:
+    # the teacher's layers on inputs the training frames do not hold; one teacher forward pass per step)
+    teacher_targets: str = "cache"
 
     _LATER_FIELDS = ("gating", "threshold_momentum", "always_run", "stream_norm", "threshold_source",
                      "router_consistency", "router_jitter", "router_lang_noise", "router_reword", "semantic_on",
-                     "router_inputs", "stream_decay")
+                     "router_inputs", "stream_decay", "teacher_targets")
 
     def __post_init__(self) -> None:
         _check(0.0 < self.rho <= 1.0, f"DistillConfig.rho must be in (0, 1], got {self.rho}.")
@@ -375,6 +380,8 @@ class DistillConfig(_Base):
                f"DistillConfig.router_reword must be in [0, 1], got {self.router_reword}.")
         _check(self.stream_norm in STREAM_NORMS,
                f"DistillConfig.stream_norm must be one of {', '.join(STREAM_NORMS)}, got {self.stream_norm!r}.")
+        _check(self.teacher_targets in TEACHER_TARGETS, f"DistillConfig.teacher_targets must be one of "
+               f"{', '.join(TEACHER_TARGETS)}, got {self.teacher_targets!r}.")
         _check(0.0 <= self.stream_decay <= 1.0,
                f"DistillConfig.stream_decay must be in [0, 1] (a fraction of the training steps), got {self.stream_decay}.")
         _check_router_inputs(self)

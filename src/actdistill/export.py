@@ -41,8 +41,13 @@ def training_placements(dataset_path: Path) -> dict[str, list[int]]:
         return json.loads(f["data"].attrs["placement_seeds"])
 
 
+def _distill_config(distill_dir: Path) -> DistillConfig:
+    return DistillConfig.from_dict(read_json(Path(distill_dir) / CONFIG_FILE, "the distill config")["distill"])
+
+
 def _student_from_distill(distill_dir: Path, probes=None) -> tuple[RoutedStudent, dict, dict]:
-    """The distilled student without its graph parts, or with them when the trained `probes` module is given."""
+    """The distilled student without its graph parts, or with them when the `probes` module is given (it receives
+    the student's trained extractors and probes)."""
     header = read_header(distill_dir, "distill")
     cfg_json = read_json(Path(distill_dir) / CONFIG_FILE, "the distill config")
     dcfg = DistillConfig.from_dict(cfg_json["distill"])
@@ -177,12 +182,15 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
     if settling:
         from actdistill.data.dataset import FrameDataset
         from actdistill.data.hdf5 import read_demos
+        from actdistill.distill.targets import teacher_targets
         from actdistill.probe.stage import load_probe_artifact
         from actdistill.teacher import load_teacher
 
         teacher, tinfo = load_teacher(Path(teacher_dir))
         data = FrameDataset(read_demos(dataset_path), teacher.config.chunk_size, tuple(tinfo["tasks"]))
         probes, cache, _ = load_probe_artifact(Path(probe_dir), teacher, tinfo["header"]["weights_hash"], data.fingerprint)
+        # before the student loads its own trained extractors into `probes`: online targets keep the teacher's
+        targets = teacher_targets(_distill_config(Path(distill_dir)).teacher_targets, cache, teacher, probes)
     student, dist_cfg, dheader = _student_from_distill(Path(distill_dir), probes)
     if settling and dheader["inputs"].get("cache") != cache.fingerprint:
         raise ArtifactError(f"The student in {distill_dir} was distilled against another teacher cache than the one in "
@@ -208,7 +216,7 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
             initial = torch.tensor(initial) if initial is not None else None
 
             def loss_fn(m, b, s):
-                return distill_loss(m, b, cache, dcfg, soft=False, initial=initial, step=s, rewordings=rewordings,
+                return distill_loss(m, b, targets, dcfg, soft=False, initial=initial, step=s, rewordings=rewordings,
                                     stream_step=dcfg.train.steps)  # the streams' weight at the end of distillation
         history, extra = calibrate_and_settle(student, rho, cfg, sim, training_placements(dataset_path), loss_fn, data,
                                               dcfg.train, out_dir, {"student": dheader["weights_hash"]}, progress)

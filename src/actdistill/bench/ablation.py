@@ -44,6 +44,11 @@ VARIANTS: dict[str, dict] = {
     "hybrid-decay": {"distill.always_run": 3, "distill.stream_decay": 1.0},
     # router-KD with the same always-run layers as hybrid
     "hybrid-router-kd": {"kind": "router-kd", "distill.always_run": 3},
+    # hybrid on randomly shifted images (train.shift_augment), each shifted batch with the teacher's own targets
+    # (distill/targets.py): the teacher's layers on inputs the training frames do not hold
+    "hybrid-augment": {"distill.always_run": 3, "distill.teacher_targets": "online", "distill.train.shift_augment": 4},
+    # the same augmentation for hybrid router-KD (its final-action target is the teacher's on each batch anyway)
+    "hybrid-router-kd-augment": {"kind": "router-kd", "distill.always_run": 3, "distill.train.shift_augment": 4},
     # the semantic stream compares only the rows that ran each layer (distill/losses.py semantic_loss)
     "sem-executed": {"distill.semantic_on": "executed"},
     # the winners of the single changes, combined (candidates for the default)

@@ -27,6 +27,7 @@ from actdistill.data.hdf5 import read_demos
 from actdistill.distill.consistency import view_rewordings
 from actdistill.distill.routing import RoutedStudent
 from actdistill.distill.stage import distill_loss, initial_streams, run_distill
+from actdistill.distill.targets import teacher_targets
 from actdistill.early_exit import EarlyExitPolicy, choose_exit_threshold, save_early_exit
 from actdistill.errors import ConfigError
 from actdistill.export import export_inputs, run_export, save_student, training_placements
@@ -93,6 +94,10 @@ class RunArtifacts:
         self.seeds_used = (demos if self.data_path == teacher_set else read_demos(teacher_set)).attrs.get("placement_seeds")
         self.data = FrameDataset(demos, self.teacher.config.chunk_size, self.tasks)
         self.probes, self.cache, _ = load_probe_artifact(self.probe_dir, self.teacher, self.teacher_hash, self.data.fingerprint)
+
+    def targets(self, dcfg):
+        """The per-layer teacher targets a distillation config asks for (the cache, or the teacher run per batch)."""
+        return teacher_targets(dcfg.teacher_targets, self.cache, self.teacher, self.probes)
 
 
 class Bench(RunArtifacts):
@@ -178,7 +183,7 @@ class Bench(RunArtifacts):
         student = RoutedStudent.from_teacher(self.teacher, self.probes, router_dim=dcfg.router_dim, tau=dcfg.tau,
                                              init_bias=dcfg.router_init_bias, router_inputs=dcfg.router_inputs)
         words = view_rewordings(dcfg, self.tasks)
-        d_step = train_step_flops(student, lambda m, b: distill_loss(m, b, self.cache, dcfg, soft=False,
+        d_step = train_step_flops(student, lambda m, b: distill_loss(m, b, self.targets(dcfg), dcfg, soft=False,
                                                                      rewordings=words)[0],
                                   self.data.batch(torch.arange(n))) * dcfg.train.batch_size / n
         self.training = {"teacher": {"steps": rc.teacher.train.steps,
@@ -247,10 +252,11 @@ def static_row(bench: Bench, rho: float, k: int, frac: float, method: str, disti
         t0 = time.time()
         student = static_prune_student(bench.teacher, keep, similarity, probes=bench.probes if distill else None)
         if distill:
-            initial = initial_streams(student, bench.data, bench.cache, dcfg) if dcfg.stream_norm == "initial" else None
+            targets = bench.targets(dcfg)
+            initial = initial_streams(student, bench.data, targets, dcfg) if dcfg.stream_norm == "initial" else None
 
             def loss_fn(m, b, s):
-                return distill_loss(m, b, bench.cache, dcfg, soft=False, initial=initial, step=s)
+                return distill_loss(m, b, targets, dcfg, soft=False, initial=initial, step=s)
         else:
             def loss_fn(m, b, s):
                 return task_loss(m, b)

@@ -1,7 +1,8 @@
 """`actdistill distill`: train the routed student against the teacher cache (docs/design.md "Losses").
 
 L = L_task + alpha L_sem + beta L_act + lambda_bal L_bal + lambda_bud L_bud + lambda_pol L_pol, with the
-teacher's per-layer targets read from the fingerprinted cache by sample id. L_bud holds the executed
+teacher's per-layer targets read from the fingerprinted cache by sample id, or computed on each augmented batch
+(`teacher_targets="online"`, distill/targets.py). L_bud holds the executed
 fraction (straight-through masks) to rho by default; L_pol keeps gates away from the threshold.
 """
 
@@ -14,7 +15,7 @@ import torch
 from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, make_header,
                                   read_json, write_header)
 from actdistill.config import DistillConfig
-from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE, ROUTER_VIEW, SAMPLE_ID, WEIGHTS_FILE
+from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE, ROUTER_VIEW, WEIGHTS_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
 from actdistill.distill.consistency import consistency_loss, router_view, view_rewordings
@@ -22,16 +23,18 @@ from actdistill.distill.losses import (action_stream_loss, layer_weights, normal
                                        semantic_loss, stream_weight)
 from actdistill.distill.similarity import layer_input_similarity
 from actdistill.distill.routing import RoutedStudent
+from actdistill.distill.targets import teacher_targets
 from actdistill.models.heads import action_loss
 from actdistill.probe.stage import load_probe_artifact
 from actdistill.teacher import load_teacher
 from actdistill.training import distributed_summary, main_process_writes, step_generator, train_loop, unwrap
 
 
-def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, soft: bool,
+def distill_loss(model: RoutedStudent, batch: dict, targets, cfg: DistillConfig, soft: bool,
                  initial: torch.Tensor | None = None, step: int = 0,
                  rewordings: torch.Tensor | None = None, stream_step: int | None = None) -> tuple[torch.Tensor, dict]:
-    """The ActDistill objective; `initial` = (L_sem, L_act) of the untrained student for stream_norm="initial";
+    """The ActDistill objective; `targets(batch)` = the teacher's (z_l^T, a_l^T) of the batch (distill/targets.py);
+    `initial` = (L_sem, L_act) of the untrained student for stream_norm="initial";
     `step` seeds the router-consistency view (a pure function of seed and step, so a resumed run draws the same);
     `rewordings` = the (tasks, K, D) table of training rewordings when cfg.router_reword > 0; `stream_step` = the
     step the streams' decay reads (cfg.stream_decay; default `step`: settling passes the last training step)."""
@@ -41,7 +44,7 @@ def distill_loss(model: RoutedStudent, batch: dict, cache, cfg: DistillConfig, s
         batch = {**batch, ROUTER_VIEW: view}
     out = model(batch, soft=soft)  # through the DDP wrapper when several processes train
     student = unwrap(model)
-    l_task, l_sem, l_act = _streams(student, out, batch, cache, cfg)
+    l_task, l_sem, l_act = _streams(student, out, batch, targets, cfg)
     l_sem, l_act = normalise_streams(l_sem, l_act, cfg.stream_norm, student.num_layers, initial)
     g = out["gates"]
     w = stream_weight(step if stream_step is None else stream_step, cfg.train.steps, cfg.stream_decay)  # 1.0 when off
@@ -85,9 +88,9 @@ def with_gate_terms(loss: torch.Tensor, student: RoutedStudent, out: dict, cfg: 
     return loss + cfg.lambda_bal * gl["bal"] + cfg.lambda_bud * gl["bud"] + cfg.lambda_pol * gl["pol"], gl
 
 
-def _streams(student: RoutedStudent, out: dict, batch: dict, cache, cfg: DistillConfig):
-    """(L_task, L_sem, L_act) of one forward pass, the teacher's targets read from the cache by sample id."""
-    z_t, a_t = cache.lookup(batch[SAMPLE_ID])
+def _streams(student: RoutedStudent, out: dict, batch: dict, targets, cfg: DistillConfig):
+    """(L_task, L_sem, L_act) of one forward pass against the teacher's targets of the batch."""
+    z_t, a_t = targets(batch)
     device = out["final"].device
     z_t, a_t = z_t.to(device), a_t.to(device)
     w = layer_weights(student.num_layers, cfg.gamma).to(device)
@@ -99,7 +102,7 @@ def _streams(student: RoutedStudent, out: dict, batch: dict, cache, cfg: Distill
 
 
 @torch.no_grad()
-def initial_streams(student: RoutedStudent, data: FrameDataset, cache, cfg: DistillConfig) -> torch.Tensor:
+def initial_streams(student: RoutedStudent, data: FrameDataset, targets, cfg: DistillConfig) -> torch.Tensor:
     """(L_sem, L_act) of the untrained student running a random rho of its layers, on a fixed batch of evenly spread
     frames: the size of each stream when the budget first bites. (With every layer on, the untrained student is
     the teacher and L_sem is exactly 0.) The same on every process and on resume: it depends on no training step."""
@@ -110,7 +113,7 @@ def initial_streams(student: RoutedStudent, data: FrameDataset, cache, cfg: Dist
     g = torch.Generator().manual_seed(cfg.train.seed)
     masks = (torch.rand(len(idx), student.num_layers, generator=g) < cfg.rho).float()
     masks[:, list(student.always_run)] = 1.0
-    _, l_sem, l_act = _streams(student, student.forward_train(batch, masks=masks), batch, cache, cfg)
+    _, l_sem, l_act = _streams(student, student.forward_train(batch, masks=masks), batch, targets, cfg)
     student.train(was)
     return torch.stack([l_sem, l_act])
 
@@ -151,11 +154,12 @@ def distill_student(cfg: DistillConfig, teacher, probes, cache, data: FrameDatas
     torch.manual_seed(cfg.train.seed)
     student = RoutedStudent.from_teacher(teacher, probes, router_dim=cfg.router_dim, tau=cfg.tau,
                                          init_bias=cfg.router_init_bias, **routing_options(cfg, always))
-    initial = initial_streams(student, data, cache, cfg) if cfg.stream_norm == "initial" else None
+    targets = teacher_targets(cfg.teacher_targets, cache, teacher, probes)
+    initial = initial_streams(student, data, targets, cfg) if cfg.stream_norm == "initial" else None
     rewordings = view_rewordings(cfg, data.task_names)
 
     def loss_fn(model, batch, step):
-        return distill_loss(model, batch, cache, cfg, soft=step < cfg.soft_warmup_steps, initial=initial, step=step,
+        return distill_loss(model, batch, targets, cfg, soft=step < cfg.soft_warmup_steps, initial=initial, step=step,
                             rewordings=rewordings)
 
     # The router learns faster than the copied weights: it starts from scratch and must move its gates
