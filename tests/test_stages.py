@@ -242,3 +242,14 @@ def test_a_distillation_on_shifted_images_with_online_targets_distils_and_settle
     x = run_export(xcfg, tmp_path / "d", tiny_demos, tmp_path / "x", SimConfig(tasks=TINY_TASKS, image_size=32),
                    progress=False, teacher_dir=tiny_teacher, probe_dir=probed[0])
     assert x["settle"]["steps"] == 2
+
+
+def test_always_run_layers_above_the_budget_are_refused_before_training(tiny_teacher, tiny_demos, probed, tmp_path):
+    """Two always-run layers of the tiny teacher's four are half of them: above rho 0.3, so no routing could meet it."""
+    import dataclasses
+
+    with pytest.raises(ValueError, match=r"always_run=2 of the teacher's 4 layers already runs 0.500 of them, above the "
+                                         r"budget rho=0.3; set distill.always_run to at most 1"):
+        run_distill(dataclasses.replace(DISTILL, always_run=2), tiny_teacher, probed[0], tiny_demos, tmp_path / "d",
+                    progress=False)
+    assert not (tmp_path / "d" / "ckpt").exists()

@@ -58,7 +58,7 @@ def train_router_kd(teacher: ReferenceVLA, teacher_hash: str, data, dcfg: Distil
     Same router, gating, always-run layers and budget as ActDistill; the loss is the task loss plus distillation
     from the teacher's final action only."""
     t0 = time.time()
-    always = hybrid_layers(teacher, data, dcfg.always_run)
+    always = hybrid_layers(teacher, data, dcfg.always_run, dcfg.rho)
     torch.manual_seed(dcfg.train.seed)
     student = RoutedStudent.from_teacher(teacher, None, router_dim=dcfg.router_dim, tau=dcfg.tau,
                                          init_bias=dcfg.router_init_bias, **routing_options(dcfg, always))

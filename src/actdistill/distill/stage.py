@@ -118,13 +118,17 @@ def initial_streams(student: RoutedStudent, data: FrameDataset, targets, cfg: Di
     return torch.stack([l_sem, l_act])
 
 
-def hybrid_layers(teacher, data: FrameDataset, count: int) -> tuple[int, ...]:
+def hybrid_layers(teacher, data: FrameDataset, count: int, rho: float = 1.0) -> tuple[int, ...]:
     """The `count` layers that change their input most on training frames (lowest input/output cosine similarity):
-    the always-run layers of hybrid depth."""
+    the always-run layers of hybrid depth. They may not exceed the budget rho on their own."""
     if count <= 0:
         return ()
     if count >= teacher.num_layers:
         raise ValueError(f"always_run={count} leaves no layer to route (the teacher has {teacher.num_layers}).")
+    if count > rho * teacher.num_layers + 1e-9:
+        raise ValueError(f"always_run={count} of the teacher's {teacher.num_layers} layers already runs "
+                         f"{count / teacher.num_layers:.3f} of them, above the budget rho={rho}; set distill.always_run "
+                         f"to at most {int(rho * teacher.num_layers + 1e-9)}.")
     return tuple(sorted(torch.argsort(layer_input_similarity(teacher, data))[:count].tolist()))
 
 
@@ -150,7 +154,7 @@ def distill_student(cfg: DistillConfig, teacher, probes, cache, data: FrameDatas
     teacher_hash = teacher_hash or hash_tensors(teacher.state_dict())
     if len(data) != cache.sample_ids.numel():
         raise ArtifactError(f"The teacher cache holds {cache.sample_ids.numel()} samples but the dataset {len(data)}; run `actdistill probe` again.")
-    always = hybrid_layers(teacher, data, cfg.always_run)
+    always = hybrid_layers(teacher, data, cfg.always_run, cfg.rho)
     torch.manual_seed(cfg.train.seed)
     student = RoutedStudent.from_teacher(teacher, probes, router_dim=cfg.router_dim, tau=cfg.tau,
                                          init_bias=cfg.router_init_bias, **routing_options(cfg, always))
