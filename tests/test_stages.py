@@ -248,7 +248,7 @@ def test_always_run_layers_above_the_budget_are_refused_before_training(tiny_tea
     """Two always-run layers of the tiny teacher's four are half of them: above rho 0.3, so no routing could meet it."""
     import dataclasses
 
-    with pytest.raises(ValueError, match=r"always_run=2 of the teacher's 4 layers already runs 0.500 of them, above the "
+    with pytest.raises(ConfigError, match=r"always_run=2 of the teacher's 4 layers already runs 0.500 of them, above the "
                                          r"budget rho=0.3; set distill.always_run to at most 1"):
         run_distill(dataclasses.replace(DISTILL, always_run=2), tiny_teacher, probed[0], tiny_demos, tmp_path / "d",
                     progress=False)

@@ -84,9 +84,12 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
     """The teacher, ActDistill at every budget and seed, then every registered baseline at every baseline budget
     (only the training seeds `cfg.seed_list` names, when it names any: one part of a split bench)."""
     from actdistill.bench.rows import BASELINES, Bench, chosen_baselines
+    from actdistill.distill.stage import check_always_run
 
     chosen = chosen_baselines(cfg.baselines or tuple(BASELINES), "bench.baselines")
     bench = Bench(run_dir, cfg, progress)
+    for rho in cfg.actdistill_budgets:  # before any row: hybrid depth must fit every budget
+        check_always_run(bench.rc.distill.always_run, rho, bench.teacher.num_layers)
     bench.evaluate_row("teacher", bench.teacher_dir, bench.teacher_hash)
     for rho in cfg.actdistill_budgets:
         for k in cfg.seeds_run():

@@ -14,7 +14,7 @@ import torch
 
 from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, make_header,
                                   read_json, write_header)
-from actdistill.config import DistillConfig
+from actdistill.config import ConfigError, DistillConfig
 from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE, ROUTER_VIEW, WEIGHTS_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
@@ -118,6 +118,14 @@ def initial_streams(student: RoutedStudent, data: FrameDataset, targets, cfg: Di
     return torch.stack([l_sem, l_act])
 
 
+def check_always_run(count: int, rho: float, num_layers: int) -> None:
+    """Refuse hybrid depth whose always-run layers alone exceed the budget (no routing could then meet it)."""
+    if count > rho * num_layers + 1e-9:
+        raise ConfigError(f"always_run={count} of the teacher's {num_layers} layers already runs "
+                         f"{count / num_layers:.3f} of them, above the budget rho={rho}; set distill.always_run "
+                         f"to at most {int(rho * num_layers + 1e-9)}.")
+
+
 def hybrid_layers(teacher, data: FrameDataset, count: int, rho: float = 1.0) -> tuple[int, ...]:
     """The `count` layers that change their input most on training frames (lowest input/output cosine similarity):
     the always-run layers of hybrid depth. They may not exceed the budget rho on their own."""
@@ -125,10 +133,7 @@ def hybrid_layers(teacher, data: FrameDataset, count: int, rho: float = 1.0) -> 
         return ()
     if count >= teacher.num_layers:
         raise ValueError(f"always_run={count} leaves no layer to route (the teacher has {teacher.num_layers}).")
-    if count > rho * teacher.num_layers + 1e-9:
-        raise ValueError(f"always_run={count} of the teacher's {teacher.num_layers} layers already runs "
-                         f"{count / teacher.num_layers:.3f} of them, above the budget rho={rho}; set distill.always_run "
-                         f"to at most {int(rho * teacher.num_layers + 1e-9)}.")
+    check_always_run(count, rho, teacher.num_layers)
     return tuple(sorted(torch.argsort(layer_input_similarity(teacher, data))[:count].tolist()))
 
 
