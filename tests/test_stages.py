@@ -191,8 +191,8 @@ def test_decayed_streams_leave_the_task_loss_and_gate_terms_alone_and_settling_k
 def test_online_targets_are_the_teachers_on_the_batch_as_the_student_sees_it(tiny_teacher, tiny_demos, probed):
     """On unshifted frames the online targets are the cache's; on shifted ones they move with the image, so a student
     that runs every layer (an exact copy of the teacher) has no semantic error against them and a positive one
-    against the cache (the targets of frames it was not shown). Changing the module they were built from (export's
-    settling loads the student's extractors into it) leaves them alone."""
+    against the cache (the targets of frames it was not shown). Changing the module they were built from leaves them
+    alone."""
     from actdistill.data.dataset import FrameDataset
     from actdistill.data.hdf5 import read_demos
     from actdistill.distill.routing import RoutedStudent

@@ -14,6 +14,7 @@ deployed is the network that was trained.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -41,20 +42,17 @@ def training_placements(dataset_path: Path) -> dict[str, list[int]]:
         return json.loads(f["data"].attrs["placement_seeds"])
 
 
-def _distill_config(distill_dir: Path) -> DistillConfig:
-    return DistillConfig.from_dict(read_json(Path(distill_dir) / CONFIG_FILE, "the distill config")["distill"])
-
-
 def _student_from_distill(distill_dir: Path, probes=None) -> tuple[RoutedStudent, dict, dict]:
-    """The distilled student without its graph parts, or with them when the `probes` module is given (it receives
-    the student's trained extractors and probes)."""
+    """The distilled student without its graph parts, or with them when a `probes` module is given (a copy of it
+    receives the student's trained extractors and probes; the caller's keeps the teacher's)."""
     header = read_header(distill_dir, "distill")
     cfg_json = read_json(Path(distill_dir) / CONFIG_FILE, "the distill config")
     dcfg = DistillConfig.from_dict(cfg_json["distill"])
     mcfg = ModelConfig.from_dict(cfg_json["model"])
     weights = load_checked_weights(distill_dir, header, "distilled student weights", "distill again")
     check_head_family(weights, mcfg.action_head, Path(distill_dir) / WEIGHTS_FILE, prefix="vla.head.")
-    student = RoutedStudent(mcfg, router_dim=dcfg.router_dim, tau=dcfg.tau, probes=probes,
+    student = RoutedStudent(mcfg, router_dim=dcfg.router_dim, tau=dcfg.tau,
+                            probes=copy.deepcopy(probes) if probes is not None else None,
                             router_inputs=dcfg.router_inputs)
     kept = weights if probes is not None else {k: v for k, v in weights.items() if not k.startswith("probes.")}
     try:
@@ -182,15 +180,12 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
     if settling:
         from actdistill.data.dataset import FrameDataset
         from actdistill.data.hdf5 import read_demos
-        from actdistill.distill.targets import teacher_targets
         from actdistill.probe.stage import load_probe_artifact
         from actdistill.teacher import load_teacher
 
         teacher, tinfo = load_teacher(Path(teacher_dir))
         data = FrameDataset(read_demos(dataset_path), teacher.config.chunk_size, tuple(tinfo["tasks"]))
         probes, cache, _ = load_probe_artifact(Path(probe_dir), teacher, tinfo["header"]["weights_hash"], data.fingerprint)
-        # before the student loads its own trained extractors into `probes`: online targets keep the teacher's
-        targets = teacher_targets(_distill_config(Path(distill_dir)).teacher_targets, cache, teacher, probes)
     student, dist_cfg, dheader = _student_from_distill(Path(distill_dir), probes)
     if settling and dheader["inputs"].get("cache") != cache.fingerprint:
         raise ArtifactError(f"The student in {distill_dir} was distilled against another teacher cache than the one in "
@@ -205,6 +200,7 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
                         suite=suite_for(tasks, prefer=sim.suite).key)
         from actdistill.distill.consistency import view_rewordings
         from actdistill.distill.stage import distill_loss, final_action_loss
+        from actdistill.distill.targets import teacher_targets
 
         dcfg = DistillConfig.from_dict(dist_cfg["distill"])
         if cfg.settle_loss == "final":
@@ -212,6 +208,7 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
                 return final_action_loss(m, teacher, b, dcfg)
         else:
             rewordings = view_rewordings(dcfg, data.task_names) if settling else None
+            targets = teacher_targets(dcfg.teacher_targets, cache, teacher, probes) if settling else None
             initial = dheader.get("summary", {}).get("initial_streams")  # stream_norm="initial": the distillation's scales
             initial = torch.tensor(initial) if initial is not None else None
 

@@ -182,8 +182,8 @@ class Bench(RunArtifacts):
         dcfg, rc = self.rc.distill, self.rc
         student = RoutedStudent.from_teacher(self.teacher, self.probes, router_dim=dcfg.router_dim, tau=dcfg.tau,
                                              init_bias=dcfg.router_init_bias, router_inputs=dcfg.router_inputs)
-        words = view_rewordings(dcfg, self.tasks)
-        d_step = train_step_flops(student, lambda m, b: distill_loss(m, b, self.targets(dcfg), dcfg, soft=False,
+        words, targets = view_rewordings(dcfg, self.tasks), self.targets(dcfg)
+        d_step = train_step_flops(student, lambda m, b: distill_loss(m, b, targets, dcfg, soft=False,
                                                                      rewordings=words)[0],
                                   self.data.batch(torch.arange(n))) * dcfg.train.batch_size / n
         self.training = {"teacher": {"steps": rc.teacher.train.steps,

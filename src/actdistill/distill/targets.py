@@ -30,10 +30,8 @@ class CachedTargets:
 
 
 class OnlineTargets:
-    """The frozen teacher's targets of a batch as given (augmented or not).
-
-    Holds its own frozen copy of the probes: a student built from the same module (export's settling loads the
-    student's trained extractors into it) cannot move the targets."""
+    """The frozen teacher's targets of a batch as given (augmented or not), from its own frozen copy of the probes
+    (freezing it leaves the caller's module as it was)."""
 
     def __init__(self, teacher, probes: LayerProbes):
         self.teacher = teacher.eval()
