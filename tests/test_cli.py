@@ -198,9 +198,11 @@ def test_a_bench_run_in_parts_merges_into_the_whole_bench(tiny_run):
     whole = json.loads((bench_dir / "mt10.json").read_text())
     parts = []
     for k in (0, 1):
-        run_on_tiny_run(tmp_path, "bench", bench, f"part{k}", "--seeds", "2", "--seed-list", str(k))
-        parts.append(tmp_path / f"part{k}.json")
-        parts[-1].write_text((bench_dir / "mt10.json").read_text())
+        proc = run_on_tiny_run(tmp_path, "bench", bench, f"part{k}", "--seeds", "2", "--seed-list", str(k))
+        assert f"part kept as {bench_dir / 'parts' / f'mt10_seed{k}.json'}" in proc.stdout
+        parts.append(bench_dir / "parts" / f"mt10_seed{k}.json")  # each part kept aside by its own bench
+        assert parts[-1].read_bytes() == (bench_dir / "mt10.json").read_bytes()
+        assert parts[-1].with_suffix(".md").read_bytes() == (bench_dir / "mt10.md").read_bytes()
     p0, p1 = (json.loads(p.read_text()) for p in parts)
     assert {(r["group"], r["seed"]) for r in p1["seed_rows"]} == {
         ("teacher", 0), ("actdistill-rho0.5", 1), ("static-prune-rho0.5", 1), ("router-kd-rho0.5", 1),

@@ -203,6 +203,8 @@ def cmd_bench(args) -> None:
     name = r["results_file"]
     print(f"results: {Path(args.run) / 'bench' / name} (+ {name.replace('.json', '.md')}, pareto.png"
           + (", group_usage.png)" if r.get("groups") else ")"))
+    if r.get("part_file"):
+        print(f"part kept as {r['part_file']} (merge the parts with `actdistill bench-merge`)")
 
 
 def cmd_bench_merge(args) -> None:

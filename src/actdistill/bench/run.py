@@ -109,7 +109,24 @@ def run_bench(run_dir: Path, cfg: BenchConfig, progress: bool = True) -> dict:
                            paraphrased)
     results["stages"] = bench.stages.rows
     results["results_file"] = results_file(bench.sim.suite)
+    if cfg.seed_list:  # a part: kept aside too, so the next part's results file does not replace it
+        results["part_file"] = keep_part(bench.out, results["results_file"], cfg.seed_list)
     return results
+
+
+def part_name(results_name: str, seed_list: tuple[int, ...]) -> str:
+    """`mt10_seed1.json` for the part of seed 1, `mt10_seed1-2.json` for seeds 1 and 2."""
+    return results_name.replace(".json", "_seed" + "-".join(map(str, sorted(seed_list))) + ".json")
+
+
+def keep_part(out: Path, results_name: str, seed_list: tuple[int, ...]) -> Path:
+    """A copy of a part's results file (and its table) under `out/parts/`, named by its seeds, for `bench-merge`."""
+    parts = out / "parts"
+    parts.mkdir(exist_ok=True)
+    name = part_name(results_name, seed_list)
+    for src, dst in ((results_name, name), (results_name.replace(".json", ".md"), name.replace(".json", ".md"))):
+        atomic_write_bytes(parts / dst, (out / src).read_bytes())
+    return parts / name
 
 
 COST_FIELDS = ("decoder_gflops", "policy_gflops", "latency_ms_median", "speedup", "peak_memory_mb", "weights_mb",
