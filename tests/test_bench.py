@@ -236,3 +236,21 @@ def test_an_ablation_variant_reuses_a_distillation_made_under_any_earlier_varian
     other = dataclasses.replace(hybrid, stream_decay=1.0)
     assert distillation_folder(out, tmp_path / "distill-rho0.3", other, dkey, own) == own
     assert distillation_folder(out, tmp_path / "distill-rho0.3", hybrid, {**dkey, "teacher": "u"}, own) == own
+
+
+def test_a_merged_bench_keeps_the_paraphrase_success_of_every_part_by_seed():
+    """Each part ran the paraphrases for its own lowest seed of a row: the merge lists them by that seed, the teacher
+    (in every part, seed 0) once, and a row only one part paraphrased not at all."""
+    from actdistill.bench.merge import paraphrase_per_seed
+
+    def part(seeds: dict[str, list[int]], para: dict[str, float]) -> dict:
+        return {"rows": [{"name": g, **({"success_paraphrase": para[g]} if g in para else {})} for g in seeds],
+                "seed_rows": [{"group": g, "seed": k} for g, ks in seeds.items() for k in ks]}
+
+    parts = [part({"teacher": [0], "actdistill-rho0.3": [0], "early-exit-rho0.3": [0]},
+                  {"teacher": 0.675, "actdistill-rho0.3": 0.32, "early-exit-rho0.3": 0.13}),
+             part({"teacher": [0], "actdistill-rho0.3": [2, 1]}, {"teacher": 0.675, "actdistill-rho0.3": 0.33}),
+             part({"teacher": [0], "actdistill-rho0.3": [3]}, {"teacher": 0.675})]  # this part ran no paraphrases
+    assert paraphrase_per_seed(parts, "actdistill-rho0.3") == {0: 0.32, 1: 0.33}
+    assert paraphrase_per_seed(parts, "teacher") == {0: 0.675}
+    assert paraphrase_per_seed(parts, "early-exit-rho0.3") == {0: 0.13}

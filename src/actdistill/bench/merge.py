@@ -12,7 +12,8 @@ show that they did not).
 
 The cost columns (FLOPs, batch-1 latency and speedup, memory) and the paraphrase columns of a group come from the
 part that holds its lowest seed: latency and speedup are each measured against the teacher in that part's own
-process, as in a single bench. The merged file lists its parts with their provenance.
+process, as in a single bench. Each part ran the paraphrases for its own lowest seed of a row, so the merged row
+also lists those successes by seed (`success_paraphrase_per_seed`). The merged file lists its parts with their provenance.
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ from actdistill.artifacts import ArtifactError, read_json
 from actdistill.bench.run import COST_FIELDS, PARAPHRASE_FIELDS, assemble_bench
 from actdistill.config import BenchConfig, RunConfig
 from actdistill.errors import ConfigError
+
+
+def paraphrase_per_seed(parts: list[dict], name: str) -> dict[int, float]:
+    """A row's paraphrase success in each part that ran it, by the seed it was run with (a part runs the paraphrases
+    for its lowest seed of the row; the teacher, in every part, counts once)."""
+    out: dict[int, float] = {}
+    for part in parts:
+        row = next((r for r in part["rows"] if r["name"] == name and "success_paraphrase" in r), None)
+        if row is not None:
+            out.setdefault(min(sr["seed"] for sr in part["seed_rows"] if sr["group"] == name), row["success_paraphrase"])
+    return out
 
 
 def load_part(path: Path) -> dict:
@@ -96,6 +108,9 @@ def merge_bench(paths: list[Path]) -> dict:
         row = next(r for r in part["rows"] if r["name"] == name)
         costs[name] = {k: row[k] for k in COST_FIELDS if k in row}
         para[name] = {k: row[k] for k in PARAPHRASE_FIELDS if k in row}
+        each = paraphrase_per_seed(parts, name)
+        if len(each) > 1:  # every part ran the paraphrases for its own lowest seed of the row: keep them all
+            para[name]["success_paraphrase_per_seed"] = {str(k): v for k, v in sorted(each.items())}
     ref = parts[0]
     seeds = sorted({k for g in groups.values() for k in g["seeds"]})
     shared = _bench_config(ref)

@@ -367,6 +367,8 @@ def group_table(rows: list[dict], groups: list[str]) -> str:
         if "success_paraphrase" in r:
             lo, hi = r["success_paraphrase_ci95"]
             para = f"{r['success_paraphrase']:.3f} ({lo:.2f}-{hi:.2f})"
+            if "success_paraphrase_per_seed" in r:  # a merged bench whose parts each ran their own seed's paraphrases
+                para += "; seeds " + " / ".join(f"{v:.3f}" for v in r["success_paraphrase_per_seed"].values())
             d = r["instruction_minus_paraphrase"]
             gap = f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
         lines.append(f"| {r['name']} | {succ}{lay}{para} | {gap} |")
