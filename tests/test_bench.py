@@ -36,7 +36,7 @@ def test_bench_results_check_names_what_is_wrong():
     ok = {"benchmark": "metaworld-MT10", "split": "test", "config": {}, "provenance": provenance(),
           "dataset_content_hash": "0" * 16, "hard_tasks": ["t"],
           "rows": [_row("teacher", layers_executed_frac=1.0), _row("actdistill-rho0.5"),
-                   _row("static-prune-rho0.5", delta_vs_actdistill=[0.01, -0.02, 0.04])]}
+                   _row("static-prune-rho0.5", delta_vs_actdistill=[0.01, -0.02, 0.04], delta_vs_teacher=[-0.02, -0.05, 0.01])]}
     check_bench_results(ok)
     bad = [({"rows": ok["rows"]}, "lack the field 'benchmark'"),
            ({**ok, "rows": [{k: v for k, v in _row("teacher").items() if k != "speedup"}]}, "lacks the fields speedup"),
@@ -45,6 +45,8 @@ def test_bench_results_check_names_what_is_wrong():
            ({**ok, "rows": [_row("router-kd-rho0.5")]}, "should carry delta_vs_actdistill"),
            ({**ok, "rows": [_row("teacher", delta_vs_actdistill=[0, 0, 0])]}, "should not carry"),
            ({**ok, "rows": [_row("early-exit-rho0.5", delta_vs_actdistill=[0.1, -0.1, 0.05])]}, "paired-difference CI"),
+           ({**ok, "rows": [_row("actdistill-rho0.5", delta_vs_teacher=[-0.1, -0.05, 0.02])]}, "paired-difference CI"),
+           ({**ok, "rows": [_row("teacher", delta_vs_teacher=[0, 0, 0])]}, "teacher row should not carry delta_vs_teacher"),
            ({k: v for k, v in ok.items() if k != "provenance"}, "lack the field 'provenance'"),
            ({**ok, "provenance": {"git": {}}}, "provenance record without actdistill"),
            ({k: v for k, v in ok.items() if k != "split"}, "lack the field 'split'"),

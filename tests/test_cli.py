@@ -175,6 +175,13 @@ def test_tiny_bench_with_two_training_seeds(tiny_run):
         d, per = rows[name]["delta_vs_actdistill"], rows[name]["delta_vs_actdistill_per_seed"]
         assert len(per) == 2 and d[0] == pytest.approx(sum(per) / 2)
     seeds = {(r["group"], r["seed"]): r for r in res["seed_rows"]}
+    # every row but the teacher minus the teacher, each training seed on the same placements as the teacher
+    assert "delta_vs_teacher" not in rows["teacher"] and len(rows["early-exit-rho0.5"]["delta_vs_teacher_per_seed"]) == 1
+    teacher_eps = seeds[("teacher", 0)]["per_episode_success"]
+    for k in (0, 1):
+        mine = seeds[("actdistill-rho0.5", k)]["per_episode_success"]
+        by_hand = sum(sum(mine[t]) / len(mine[t]) - sum(teacher_eps[t]) / len(teacher_eps[t]) for t in mine) / len(mine)
+        assert rows["actdistill-rho0.5"]["delta_vs_teacher_per_seed"][k] == pytest.approx(by_hand)
     assert seeds[("router-kd-rho0.5", 1)]["name"] == "router-kd-rho0.5-seed1"
     bench_dir = tmp_path / "run" / "bench"
     for a, b in (("distill-rho0.5-seed1", tmp_path / "run" / "distill-rho0.5"), ("router-kd-rho0.5-seed1", bench_dir / "router-kd-rho0.5")):
@@ -298,6 +305,28 @@ def test_tiny_ablation_on_validation_placements(tiny_run):
     assert again.returncode == 0, again.stderr[-3000:]
     res2 = json.loads((tmp_path / "run" / "ablation-rho0.5" / "ablation.json").read_text())
     assert res2["reference"] == "full+settle" and {s["status"] for s in res2["stages"]} == {"reused"}
+    # two training seeds: seed 0 of each variant is the one made above, seed 1 is trained in its own folder, and
+    # every difference is seed-paired (the per-seed differences average to the point estimate)
+    seeded = subprocess.run([sys.executable, "-m", "actdistill.cli", "ablate", "--run", str(tmp_path / "run"), "--rho", "0.5",
+                             "--episodes", "2", "--variants", "full+settle", "router-kd", "--reference", "full+settle",
+                             "--seeds", "2", "--perturbations", "brightness", "--set", "eval.max_steps=8",
+                             "--set", "eval.workers=1", "--set", "bootstrap_samples=50", "--no-progress"],
+                            capture_output=True, text=True, timeout=600)
+    assert seeded.returncode == 0, seeded.stderr[-3000:]
+    res3 = json.loads((tmp_path / "run" / "ablation-rho0.5" / "ablation.json").read_text())
+    stages = {s["stage"]: s["status"] for s in res3["stages"]}
+    assert stages["full+settle: export"] == stages["router-kd: train + export"] == "reused"
+    assert stages["full+settle (seed 1): distill"] == stages["router-kd (seed 1): train + export"] == "ran"
+    assert (tmp_path / "run" / "ablation-rho0.5" / "full-settle-seed1" / "distill" / "header.json").is_file()
+    d1 = json.loads((tmp_path / "run" / "ablation-rho0.5" / "full-settle-seed1" / "distill" / "config.json").read_text())
+    assert d1["distill"]["train"]["seed"] == res3["config"]["run"]["distill"]["train"]["seed"] + 1
+    rows3, rows2 = {r["variant"]: r for r in res3["rows"]}, {r["variant"]: r for r in res2["rows"]}
+    assert rows3["full+settle"]["seed_success"][0] == rows2["full+settle"]["success_mean"]
+    kd = rows3["router-kd"]
+    assert kd["seeds"] == 2 and len(kd["delta_vs_reference_per_seed"]) == 2
+    assert kd["delta_vs_reference"][0] == pytest.approx(sum(kd["delta_vs_reference_per_seed"]) / 2)
+    assert len(kd["perturbed"]["brightness"]["seed_success"]) == 2 and "delta_vs_reference" in kd["perturbed"]["brightness"]
+    assert "per training seed" in (tmp_path / "run" / "ablation-rho0.5" / "ablation.md").read_text()
     rows2 = {r["variant"]: r for r in res2["rows"]}
     assert "delta_vs_reference" not in rows2["full+settle"]
     d = rows2["quantile"]["delta_vs_reference"]

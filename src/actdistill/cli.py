@@ -229,7 +229,8 @@ def cmd_ablate(args) -> None:
     from actdistill.bench.ablation import ablation_table, run_ablation
 
     cfg = _build_config(AblationConfig, args, {"rho": "rho", "episodes": "eval.episodes_per_task", "variants": "variants",
-                                               "perturbations": "perturbations", "reference": "reference"})
+                                               "perturbations": "perturbations", "reference": "reference",
+                                               "seeds": "seeds"})
     r = run_ablation(Path(args.run), cfg, progress=not args.no_progress)
     print_table(r["stages"], ["stage", "status", "seconds", "note"], "ablation stages")
     print("\n" + ablation_table(r["rows"], cfg))
@@ -502,6 +503,27 @@ def _add_method_commands(sub) -> None:
     x.set_defaults(func=cmd_export)
 
 
+def _add_ablate_command(sub) -> None:
+    """ablate: variants of the distillation, on validation placements."""
+    ab = sub.add_parser("ablate", help="variants of the distillation at one budget, on validation placements.",
+                        description="Distil, export and evaluate each variant (full, no semantic stream, no action stream, "
+                        "router-KD, stream normalisations, quantile gating, hybrid depth, settled) on a finished `actdistill "
+                        "run` folder; every row is evaluated on validation placements and paired with a reference variant (the full "
+                        "method unless --reference names another).")
+    ab.add_argument("--run", required=True, help="folder of a finished `actdistill run` (runs/default).")
+    ab.add_argument("--rho", type=float, help="the budget (default 0.3).")
+    ab.add_argument("--episodes", type=int, help="validation episodes per task (default 30).")
+    ab.add_argument("--variants", nargs="+", help="which variants (default: all).")
+    ab.add_argument("--reference", help="the variant every other row is paired with (default 'full'; it must be one "
+                    "of --variants).")
+    ab.add_argument("--perturbations", nargs="+", help="also evaluate every variant under these perturbations (presets "
+                    "or kind:level, as in `actdistill robustness`), on the same validation placements.")
+    ab.add_argument("--seeds", type=int, help="training seeds of every variant (default 1; seed 0 is the variant's "
+                    "folder, seed k its -seed<k> folder); rows pool them and every difference is seed-paired.")
+    _common(ab)
+    ab.set_defaults(func=cmd_ablate)
+
+
 def _add_pipeline_commands(sub) -> None:
     """bench, ablate, run: whole pipelines over the stages."""
     bn = sub.add_parser("bench", help="teacher, ActDistill students and baselines at the same budgets: success, FLOPs, latency.",
@@ -519,21 +541,7 @@ def _add_pipeline_commands(sub) -> None:
     _common(bn)
     bn.set_defaults(func=cmd_bench)
 
-    ab = sub.add_parser("ablate", help="variants of the distillation at one budget, on validation placements.",
-                        description="Distil, export and evaluate each variant (full, no semantic stream, no action stream, "
-                        "router-KD, stream normalisations, quantile gating, hybrid depth, settled) on a finished `actdistill "
-                        "run` folder; every row is evaluated on validation placements and paired with a reference variant (the full "
-                        "method unless --reference names another).")
-    ab.add_argument("--run", required=True, help="folder of a finished `actdistill run` (runs/default).")
-    ab.add_argument("--rho", type=float, help="the budget (default 0.3).")
-    ab.add_argument("--episodes", type=int, help="validation episodes per task (default 30).")
-    ab.add_argument("--variants", nargs="+", help="which variants (default: all).")
-    ab.add_argument("--reference", help="the variant every other row is paired with (default 'full'; it must be one "
-                    "of --variants).")
-    ab.add_argument("--perturbations", nargs="+", help="also evaluate every variant under these perturbations (presets "
-                    "or kind:level, as in `actdistill robustness`), on the same validation placements.")
-    _common(ab)
-    ab.set_defaults(func=cmd_ablate)
+    _add_ablate_command(sub)
 
     rb = sub.add_parser("robustness", help="teacher, students and same-budget baselines under observation perturbations.",
                         description="Evaluate the teacher, the ActDistill student of each budget and the static-prune and "

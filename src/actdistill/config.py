@@ -574,8 +574,11 @@ class AblationConfig(_Base):
     bootstrap_samples: int = 2000
     perturbations: tuple[str, ...] = ()  # also evaluate every variant under these (sim/perturb.py), on validation
     reference: str = "full"  # the variant every other row is paired with; it must be one of `variants`
+    # training seeds of every variant (seed k trains with train.seed + k, as in the bench); rows pool them and
+    # every difference is seed-paired
+    seeds: int = 1
 
-    _LATER_FIELDS = ("perturbations", "reference")
+    _LATER_FIELDS = ("perturbations", "reference", "seeds")
 
     def __post_init__(self) -> None:
         self.variants = tuple(self.variants)
@@ -589,7 +592,7 @@ class AblationConfig(_Base):
                                                 f"({', '.join(self.variants)}): every other row is paired with it.")
         _check(self.eval.split == "val", "AblationConfig.eval.split must be 'val': choices are made on validation "
                                          "placements, never on the test placements the reported numbers use.")
-        _positive(self, "bootstrap_samples")
+        _positive(self, "bootstrap_samples", "seeds")
 
 
 @dataclass

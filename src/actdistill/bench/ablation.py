@@ -13,8 +13,8 @@ from pathlib import Path
 
 from actdistill.artifacts import atomic_write_bytes, atomic_write_json, read_json, weights_hash_of
 from actdistill.bench.baselines import train_router_kd
-from actdistill.bench.rows import RunArtifacts
-from actdistill.bench.run import paired_bootstrap
+from actdistill.bench.rows import RunArtifacts, seeded
+from actdistill.bench.run import pool_seeds, seed_paired_difference
 from actdistill.config import (DEFAULT_SETTLE_STEPS, AblationConfig, ConfigError, DistillConfig, ExportConfig, RunConfig,
                                apply_overrides)
 from actdistill.constants import CONFIG_FILE, HEADER_FILE, RESULTS_FILE
@@ -116,45 +116,73 @@ def run_ablation(run_dir: Path, cfg: AblationConfig, progress: bool = True) -> d
     for name in cfg.variants:
         variant_spec(name)  # every name checked before any work starts
     run = RunArtifacts(run_dir)
-    run_dir, rc, data, cache, sim, seeds_used = run.run_dir, run.rc, run.data, run.cache, run.sim, run.seeds_used
-    teacher, teacher_hash, teacher_dir, probe_dir, data_path = (run.teacher, run.teacher_hash, run.teacher_dir,
-                                                                run.probe_dir, run.data_path)
-    out = run_dir / f"ablation-rho{cfg.rho}"
+    out = run.run_dir / f"ablation-rho{cfg.rho}"
     st = StageRunner()
-    rows: dict[str, dict] = {}
-    perturbed: dict[str, dict[str, dict]] = {}  # variant -> perturbation -> evaluation row
+    members: dict[str, list[dict]] = {}  # variant -> its row of each training seed
+    perturbed: dict[str, dict[str, list[dict]]] = {}  # variant -> perturbation -> its evaluation row of each seed
     for name in cfg.variants:
-        kind, dcfg, xcfg = variant_configs(name, rc, cfg.rho)
-        folder = out / name.replace("+", "-")
-        if kind == "router-kd":
-            key = {"distill": dcfg.to_dict(), "export": xcfg.to_dict()}
-            st.run(f"{name}: train + export", "export", folder, key, {"teacher": teacher_hash},
-                   lambda dcfg=dcfg, xcfg=xcfg, folder=folder, key=key: train_router_kd(
-                       teacher, teacher_hash, data, dcfg, xcfg, sim, training_placements(data_path), folder, key, progress),
-                   lambda s: f"shift {s['gate_shift']:+.3f}", lambda s: s["weights"])
-            policy_dir, distilled = folder, {}
-        else:
-            dkey = {"teacher": teacher_hash, "cache": cache.fingerprint}
-            ddir = distillation_folder(out, run_dir / f"distill-rho{cfg.rho}", dcfg, dkey, folder / "distill")
-            distilled = st.run(f"{name}: distill", "distill", ddir, dcfg.to_dict(), dkey,
-                               lambda dcfg=dcfg, ddir=ddir: run_distill(dcfg, teacher_dir, probe_dir, data_path, ddir, progress),
-                               lambda s: f"keep {s['train_keep_ratio']:.2f}", lambda s: s["weights"])
-            xkey = export_inputs(xcfg, weights_hash_of(ddir), cache.fingerprint)
-            run_student = run_dir / f"student-rho{cfg.rho}"
-            policy_dir = run_student if finished(run_student, "export", xcfg.to_dict(), xkey) else folder / "student"
-            st.run(f"{name}: export", "export", policy_dir, xcfg.to_dict(), xkey,
-                   lambda xcfg=xcfg, ddir=ddir, pdir=policy_dir: run_export(xcfg, ddir, data_path, pdir, sim, progress,
-                                                                         teacher_dir, probe_dir),
-                   lambda s: f"shift {s['gate_shift']:+.3f}", lambda s: s["weights"])
-        h = weights_hash_of(policy_dir)
-        ev = evaluate_variant(st, name, policy_dir, h, cfg.eval, sim, out, seeds_used, progress)
-        perturbed[name] = {p: evaluate_variant(st, name, policy_dir, h, dataclasses.replace(cfg.eval, perturb=p), sim,
-                                               out / p, seeds_used, progress)["row"] for p in cfg.perturbations}
-        export_summary = read_json(policy_dir / HEADER_FILE, "the export header")["summary"]
-        rows[name] = {"variant": name, "kind": kind, "overrides": variant_spec(name), **ev["row"],
-                      "calibration": export_summary.get("calibration", []), "gate_shift": export_summary.get("gate_shift"),
-                      "final_losses": distilled.get("final", {}), "train_keep_ratio": distilled.get("train_keep_ratio")}
-    return finish_ablation(rows, cfg, rc, out, data.content_hash, st, perturbed)
+        for k in range(cfg.seeds):
+            row, under = variant_seed(run, st, cfg, name, k, out, progress)
+            members.setdefault(name, []).append(row)
+            for p, r in under.items():
+                perturbed.setdefault(name, {}).setdefault(p, []).append(r)
+    tasks = tuple(members[cfg.variants[0]][0]["success_per_task"])
+    rows = {name: pooled_variant(ms, tasks) for name, ms in members.items()}
+    return finish_ablation(rows, cfg, run.rc, out, run.data.content_hash, st, perturbed)
+
+
+def variant_seed(run: RunArtifacts, st: StageRunner, cfg: AblationConfig, name: str, k: int, out: Path,
+                 progress: bool) -> tuple[dict, dict[str, dict]]:
+    """Training seed k of variant `name`: distilled (or trained, router-KD), exported and evaluated on validation
+    placements, clean and under each perturbation. Seed 0 lives in the variant's folder, seed k > 0 in
+    `<variant>-seed<k>`; the seed is the configured training seed plus k (as in the bench)."""
+    kind, dcfg, xcfg = variant_configs(name, run.rc, cfg.rho)
+    dcfg = dataclasses.replace(dcfg, train=seeded(dcfg.train, k))
+    label = name if k == 0 else f"{name} (seed {k})"
+    folder = out / (name.replace("+", "-") + (f"-seed{k}" if k else ""))
+    if kind == "router-kd":
+        key = {"distill": dcfg.to_dict(), "export": xcfg.to_dict()}
+        st.run(f"{label}: train + export", "export", folder, key, {"teacher": run.teacher_hash},
+               lambda: train_router_kd(run.teacher, run.teacher_hash, run.data, dcfg, xcfg, run.sim,
+                                       training_placements(run.data_path), folder, key, progress),
+               lambda s: f"shift {s['gate_shift']:+.3f}", lambda s: s["weights"])
+        policy_dir, distilled = folder, {}
+    else:
+        dkey = {"teacher": run.teacher_hash, "cache": run.cache.fingerprint}
+        ddir = distillation_folder(out, run.run_dir / f"distill-rho{cfg.rho}", dcfg, dkey, folder / "distill")
+        distilled = st.run(f"{label}: distill", "distill", ddir, dcfg.to_dict(), dkey,
+                           lambda: run_distill(dcfg, run.teacher_dir, run.probe_dir, run.data_path, ddir, progress),
+                           lambda s: f"keep {s['train_keep_ratio']:.2f}", lambda s: s["weights"])
+        xkey = export_inputs(xcfg, weights_hash_of(ddir), run.cache.fingerprint)
+        run_student = run.run_dir / f"student-rho{cfg.rho}"
+        policy_dir = run_student if finished(run_student, "export", xcfg.to_dict(), xkey) else folder / "student"
+        st.run(f"{label}: export", "export", policy_dir, xcfg.to_dict(), xkey,
+               lambda: run_export(xcfg, ddir, run.data_path, policy_dir, run.sim, progress, run.teacher_dir, run.probe_dir),
+               lambda s: f"shift {s['gate_shift']:+.3f}", lambda s: s["weights"])
+    h = weights_hash_of(policy_dir)
+    tag = name if k == 0 else f"{name}-seed{k}"
+    ev = evaluate_variant(st, tag, policy_dir, h, cfg.eval, run.sim, out, run.seeds_used, progress)
+    under = {p: evaluate_variant(st, tag, policy_dir, h, dataclasses.replace(cfg.eval, perturb=p), run.sim, out / p,
+                                 run.seeds_used, progress)["row"] for p in cfg.perturbations}
+    export_summary = read_json(policy_dir / HEADER_FILE, "the export header")["summary"]
+    row = {"variant": name, "kind": kind, "overrides": variant_spec(name), **ev["row"],
+           "calibration": export_summary.get("calibration", []), "gate_shift": export_summary.get("gate_shift"),
+           "final_losses": distilled.get("final", {}), "train_keep_ratio": distilled.get("train_keep_ratio")}
+    return row, under
+
+
+def pooled_variant(members: list[dict], tasks: tuple) -> dict:
+    """A variant's row over its training seeds: one seed's row as it is; several pooled as the bench pools them
+    (mean success, a Wilson CI over every episode, each seed's success and their spread), with the calibration
+    of seed 0 and every seed's gate shift. `per_episode_success` becomes the list of the seeds' records."""
+    if len(members) == 1:
+        return {**members[0], "per_episode_success": [members[0]["per_episode_success"]]}
+    row = pool_seeds(members[0]["variant"], members, tasks)
+    row.pop("name")
+    row.update(per_episode_success=[m["per_episode_success"] for m in members],
+               gate_shift_per_seed=[m["gate_shift"] for m in members],
+               train_keep_ratio_per_seed=[m["train_keep_ratio"] for m in members])
+    return row
 
 
 def distillation_folder(out: Path, run_distill_dir: Path, dcfg: DistillConfig, dkey: dict, own: Path) -> Path:
@@ -179,18 +207,22 @@ def evaluate_variant(st: StageRunner, name: str, policy_dir: Path, weights_hash:
 
 def perturbed_rows(rows: dict, perturbed: dict, samples: int, reference: str) -> dict:
     """variant -> perturbation -> success, its CI, layers, the paired drop against the same variant clean and the
-    paired difference against the reference variant under the same perturbation."""
+    paired difference against the reference variant under the same perturbation (seed-paired over training seeds)."""
     out = {}
     for name, by_p in perturbed.items():
         clean = rows[name]["per_episode_success"]
         out[name] = {}
-        for p, r in by_p.items():
+        for p, members in by_p.items():
+            r = members[0] if len(members) == 1 else pool_seeds(name, members, tuple(members[0]["success_per_task"]))
+            mine = [m["per_episode_success"] for m in members]
             cell = {"success_mean": r["success_mean"], "success_ci95": r["success_ci95"],
                     "layers_executed_frac": r.get("layers_executed_frac", 1.0),
-                    "drop_vs_clean": paired_bootstrap(clean, r["per_episode_success"], samples)}
+                    "drop_vs_clean": seed_paired_difference(clean, mine, samples)[0]}
+            if len(members) > 1:
+                cell["seed_success"] = r["seed_success"]
             if name != reference:
-                cell["delta_vs_reference"] = paired_bootstrap(r["per_episode_success"],
-                                                              perturbed[reference][p]["per_episode_success"], samples)
+                theirs = [m["per_episode_success"] for m in perturbed[reference][p]]
+                cell["delta_vs_reference"] = seed_paired_difference(mine, theirs, samples)[0]
             out[name][p] = cell
     return out
 
@@ -203,7 +235,9 @@ def finish_ablation(rows: dict, cfg: AblationConfig, rc: RunConfig, out: Path, c
     for name, r in rows.items():
         row = {k: v for k, v in r.items() if k != "per_episode_success"}
         if name != cfg.reference:
-            row["delta_vs_reference"] = paired_bootstrap(r["per_episode_success"], ref, cfg.bootstrap_samples)
+            row["delta_vs_reference"], per_seed = seed_paired_difference(r["per_episode_success"], ref, cfg.bootstrap_samples)
+            if r.get("seeds", 1) > 1:
+                row["delta_vs_reference_per_seed"] = per_seed
         if under.get(name):
             row["perturbed"] = under[name]
         out_rows.append(row)
@@ -217,16 +251,19 @@ def finish_ablation(rows: dict, cfg: AblationConfig, rc: RunConfig, out: Path, c
 
 
 def ablation_table(rows: list[dict], cfg: AblationConfig) -> str:
+    seeds = cfg.seeds > 1  # then a column with every seed's success, and the differences are seed-paired
     lines = [f"Ablation at rho {cfg.rho}, {cfg.eval.episodes_per_task} validation episodes per task "
-             f"(placements disjoint from the demonstrations and from the test placements).", "",
-             f"| variant | success (95% CI) | delta vs {cfg.reference} [95% CI] | layers executed | "
-             "calibration (executed fraction by round) |",
-             "|---|---|---|---|---|"]
+             f"(placements disjoint from the demonstrations and from the test placements)"
+             + (f", {cfg.seeds} training seeds per variant; differences seed-paired." if seeds else "."), "",
+             "| variant | success (95% CI) | " + ("per training seed | " if seeds else "")
+             + f"delta vs {cfg.reference} [95% CI] | layers executed | calibration (executed fraction by round) |",
+             "|---|---|---|---|---|" + ("---|" if seeds else "")]
     for r in rows:
         lo, hi = r["success_ci95"]
         d_s = format_delta(r.get("delta_vs_reference"))
+        per_s = ("/".join(f"{x:.3f}" for x in r["seed_success"]) + " | ") if seeds else ""
         cal = " / ".join(f"{c['layers_executed_frac']:.2f}" for c in r["calibration"])
-        lines.append(f"| {r['variant']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {d_s} | "
+        lines.append(f"| {r['variant']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {per_s}{d_s} | "
                      f"{r.get('layers_executed_frac', 1.0):.3f} | {cal} |")
     if any("perturbed" in r for r in rows):
         lines += ["", "Under perturbation (same validation placements and perturbation draws for every variant):", "",

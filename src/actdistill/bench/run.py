@@ -65,9 +65,11 @@ def check_bench_results(results: dict) -> None:
         has_delta = not name.startswith(("teacher", "actdistill"))
         if ("delta_vs_actdistill" in r) != has_delta:
             raise ArtifactError(f"bench row '{name}' should {'' if has_delta else 'not '}carry delta_vs_actdistill.")
-        d = r.get("delta_vs_actdistill")
-        if d and not d[1] - _TOL <= d[0] <= d[2] + _TOL:
-            raise ArtifactError(f"bench row '{name}' has a paired-difference CI that does not bracket its mean.")
+        if name.startswith("teacher") and "delta_vs_teacher" in r:
+            raise ArtifactError("the bench's teacher row should not carry delta_vs_teacher.")
+        for d in (r.get("delta_vs_actdistill"), r.get("delta_vs_teacher")):  # delta_vs_teacher: since session 26
+            if d and not d[1] - _TOL <= d[0] <= d[2] + _TOL:
+                raise ArtifactError(f"bench row '{name}' has a paired-difference CI that does not bracket its mean.")
         missing = [k for k in LATER_ROW_FIELDS if k not in r]
         if missing:
             raise ArtifactError(f"bench row '{name}' lacks the fields {', '.join(missing)}.")
@@ -202,6 +204,10 @@ def assemble_bench(rows: dict, groups: dict, costs: dict, para: dict, cfg: Bench
             a, b = seed_aligned(spec, groups[ref], rows)
             row["delta_vs_actdistill"], row["delta_vs_actdistill_per_seed"] = seed_paired_difference(
                 a, b, cfg.bootstrap_samples)
+        if spec["method"] != "teacher":  # the teacher (one policy) paired with every training seed of the row
+            row["delta_vs_teacher"], row["delta_vs_teacher_per_seed"] = seed_paired_difference(
+                [rows[m]["per_episode_success"] for m in spec["members"]], [teacher_row["per_episode_success"]],
+                cfg.bootstrap_samples)
         out_rows.append(row)
     t_pol = next(r["policy_gflops"] for r in out_rows if r["name"] == "teacher")
     for r in out_rows:
@@ -336,18 +342,20 @@ def _compiled(policy):
 
 def bench_table(rows: list[dict]) -> str:
     head = ("| row | success (95% CI) | per training seed | hard tasks | delta vs ActDistill [95% CI] | per-seed delta | "
-            "layers | decoder GFLOPs | policy GFLOPs | latency ms | speedup | ideal | peak MiB |")
-    lines = [head, "|" + "---|" * 13]
+            "delta vs teacher [95% CI] | layers | decoder GFLOPs | policy GFLOPs | latency ms | speedup | ideal | peak MiB |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         lo, hi = r["success_ci95"]
         d = r.get("delta_vs_actdistill")
         d_s = f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" if d else ""
+        dt = r.get("delta_vs_teacher")
+        dt_s = f"{dt[0]:+.3f} [{dt[1]:+.3f}, {dt[2]:+.3f}]" if dt else ""
         per_d = "/".join(f"{x:+.3f}" for x in r.get("delta_vs_actdistill_per_seed", [])) if r.get("seeds", 1) > 1 else ""
         per_s = "/".join(f"{x:.3f}" for x in r["seed_success"]) if r.get("seeds", 1) > 1 else ""
         if per_s:
             per_s += f" (sd {r['seed_spread']['std']:.3f})"
         hard = f"{r['success_hard']:.3f}" if r.get("success_hard") is not None else ""
-        lines.append(f"| {r['name']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {per_s} | {hard} | {d_s} | {per_d} | "
+        lines.append(f"| {r['name']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {per_s} | {hard} | {d_s} | {per_d} | {dt_s} | "
                      f"{r['layers_executed_frac']:.2f} | {r['decoder_gflops']:.4f} | {r['policy_gflops']:.4f} | "
                      f"{r['latency_ms_median']:.2f} | {r['speedup']:.2f} | {r['ideal_speedup']:.2f} | "
                      f"{r['peak_memory_mb']:.1f} |")
