@@ -41,6 +41,11 @@ def wilson_ci(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def format_delta(d: list[float] | None) -> str:
+    """A paired difference [point, lo, hi] as "+0.123 [+0.045, +0.201]" (empty when there is none)."""
+    return f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" if d else ""
+
+
 def paired_bootstrap(a: dict[str, list[int]], b: dict[str, list[int]], samples: int, seed: int = 0) -> list[float]:
     """Mean over tasks of (a - b) success with a 95% CI, resampling episodes (placements) within each task."""
     rng = np.random.default_rng(seed)

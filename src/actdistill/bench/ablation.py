@@ -19,6 +19,7 @@ from actdistill.config import (DEFAULT_SETTLE_STEPS, AblationConfig, ConfigError
                                apply_overrides)
 from actdistill.constants import CONFIG_FILE, HEADER_FILE, RESULTS_FILE
 from actdistill.distill.stage import run_distill
+from actdistill.evaluate import format_delta
 from actdistill.export import export_inputs, run_export, training_placements
 from actdistill.pipeline import StageRunner, evaluate_stage, finished
 from actdistill.provenance import provenance
@@ -126,8 +127,7 @@ def run_ablation(run_dir: Path, cfg: AblationConfig, progress: bool = True) -> d
             members.setdefault(name, []).append(row)
             for p, r in under.items():
                 perturbed.setdefault(name, {}).setdefault(p, []).append(r)
-    tasks = tuple(members[cfg.variants[0]][0]["success_per_task"])
-    rows = {name: pooled_variant(ms, tasks) for name, ms in members.items()}
+    rows = {name: pooled_variant(ms) for name, ms in members.items()}
     return finish_ablation(rows, cfg, run.rc, out, run.data.content_hash, st, perturbed)
 
 
@@ -171,17 +171,21 @@ def variant_seed(run: RunArtifacts, st: StageRunner, cfg: AblationConfig, name: 
     return row, under
 
 
-def pooled_variant(members: list[dict], tasks: tuple) -> dict:
-    """A variant's row over its training seeds: one seed's row as it is; several pooled as the bench pools them
-    (mean success, a Wilson CI over every episode, each seed's success and their spread), with the calibration
-    of seed 0 and every seed's gate shift. `per_episode_success` becomes the list of the seeds' records."""
-    if len(members) == 1:
-        return {**members[0], "per_episode_success": [members[0]["per_episode_success"]]}
-    row = pool_seeds(members[0]["variant"], members, tasks)
-    row.pop("name")
-    row.update(per_episode_success=[m["per_episode_success"] for m in members],
-               gate_shift_per_seed=[m["gate_shift"] for m in members],
-               train_keep_ratio_per_seed=[m["train_keep_ratio"] for m in members])
+def pooled(name: str, members: list[dict]) -> dict:
+    """Evaluation rows of one variant's training seeds: one seed's row as it is; several pooled as the bench pools
+    them (mean success, a Wilson CI over every episode, each seed's success and their spread)."""
+    return members[0] if len(members) == 1 else pool_seeds(name, members, tuple(members[0]["success_per_task"]))
+
+
+def pooled_variant(members: list[dict]) -> dict:
+    """A variant's row over its training seeds (`pooled`), with the calibration of seed 0 and, for several seeds,
+    every seed's gate shift and keep ratio. `per_episode_success` becomes the list of the seeds' records."""
+    row = dict(pooled(members[0]["variant"], members))
+    if len(members) > 1:
+        row.pop("name")
+        row.update(gate_shift_per_seed=[m["gate_shift"] for m in members],
+                   train_keep_ratio_per_seed=[m["train_keep_ratio"] for m in members])
+    row["per_episode_success"] = [m["per_episode_success"] for m in members]
     return row
 
 
@@ -213,7 +217,7 @@ def perturbed_rows(rows: dict, perturbed: dict, samples: int, reference: str) ->
         clean = rows[name]["per_episode_success"]
         out[name] = {}
         for p, members in by_p.items():
-            r = members[0] if len(members) == 1 else pool_seeds(name, members, tuple(members[0]["success_per_task"]))
+            r = pooled(name, members)
             mine = [m["per_episode_success"] for m in members]
             cell = {"success_mean": r["success_mean"], "success_ci95": r["success_ci95"],
                     "layers_executed_frac": r.get("layers_executed_frac", 1.0),
@@ -276,8 +280,3 @@ def ablation_table(rows: list[dict], cfg: AblationConfig) -> str:
                              f"{format_delta(c['drop_vs_clean'])} | {format_delta(c.get('delta_vs_reference'))} | "
                              f"{c['layers_executed_frac']:.3f} |")
     return "\n".join(lines) + "\n"
-
-
-def format_delta(d: list[float] | None) -> str:
-    """A paired difference [point, lo, hi] as "+0.123 [+0.045, +0.201]" (empty when there is none)."""
-    return f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" if d else ""

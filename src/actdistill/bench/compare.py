@@ -23,7 +23,7 @@ import numpy as np
 
 from actdistill.artifacts import ArtifactError, read_json, write_report
 from actdistill.errors import ConfigError
-from actdistill.evaluate import RESULTS_FILE, drop_difference, paired_bootstrap
+from actdistill.evaluate import RESULTS_FILE, drop_difference, format_delta, paired_bootstrap
 from actdistill.provenance import provenance
 from actdistill.sim import suite_for
 from actdistill.sim.base import placement_kind
@@ -125,10 +125,6 @@ def policy_depth(row: dict) -> int | None:
     return len(next(iter(usage.values()))) if usage else None
 
 
-def _diff(d: list[float]) -> str:
-    return f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
-
-
 def compare_table(report: dict) -> str:
     """Markdown: one line per policy (success, layers, groups), then one per difference against the reference."""
     groups = list(report["groups"])
@@ -141,7 +137,7 @@ def compare_table(report: dict) -> str:
     for r in report["rows"]:
         lo, hi = r["success_ci95"]
         cells = " | ".join(f"{r['success_per_group'][g]:.3f}" for g in groups)
-        tail = f" {r['clean_success_mean']:.3f} | {_diff(r['drop_vs_clean'])} |" if drops else ""
+        tail = f" {r['clean_success_mean']:.3f} | {format_delta(r['drop_vs_clean'])} |" if drops else ""
         known = r.get("layers_per_call") is not None
         per_call = f"{r['layers_per_call']:.1f} of {r['decoder_layers']}" if known else ""
         lines.append(f"| {r['name']} | {r['success_mean']:.3f} ({lo:.2f}-{hi:.2f}) | {per_call} | "
@@ -149,9 +145,9 @@ def compare_table(report: dict) -> str:
     lines += ["", "| difference [95% CI] | overall | " + " | ".join(groups) + " |"
               + (" drop minus the reference's drop |" if drops else ""), "|" + "---|" * (2 + len(groups) + drops)]
     for d in report["differences"]:
-        cells = " | ".join(_diff(d["per_group"][g]) for g in groups)
-        tail = f" {_diff(d['drop_minus_reference_drop'])} |" if drops else ""
-        lines.append(f"| {d['name']} - {d['reference']} | {_diff(d['overall'])} | {cells} |" + tail)
+        cells = " | ".join(format_delta(d["per_group"][g]) for g in groups)
+        tail = f" {format_delta(d['drop_minus_reference_drop'])} |" if drops else ""
+        lines.append(f"| {d['name']} - {d['reference']} | {format_delta(d['overall'])} | {cells} |" + tail)
     return "\n".join(lines) + "\n"
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from actdistill.artifacts import atomic_write_bytes, atomic_write_json, read_json, save_figure
-from actdistill.bench.ablation import format_delta, variant_policy
+from actdistill.bench.ablation import variant_policy
 from actdistill.bench.rows import BASELINES, Bench, chosen_baselines
 from actdistill.config import BenchConfig, RobustnessConfig
-from actdistill.evaluate import drop_difference, paired_bootstrap
+from actdistill.evaluate import drop_difference, format_delta, paired_bootstrap
 from actdistill.provenance import provenance
 from actdistill.sim import get_suite
 

@@ -20,7 +20,7 @@ import torch
 
 from actdistill.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, save_figure
 from actdistill.config import BenchConfig, RunConfig
-from actdistill.evaluate import paired_bootstrap
+from actdistill.evaluate import format_delta, paired_bootstrap
 from actdistill.pipeline import results_file
 from actdistill.provenance import check_provenance, provenance
 from actdistill.sim import get_suite
@@ -346,10 +346,7 @@ def bench_table(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * 14]
     for r in rows:
         lo, hi = r["success_ci95"]
-        d = r.get("delta_vs_actdistill")
-        d_s = f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" if d else ""
-        dt = r.get("delta_vs_teacher")
-        dt_s = f"{dt[0]:+.3f} [{dt[1]:+.3f}, {dt[2]:+.3f}]" if dt else ""
+        d_s, dt_s = format_delta(r.get("delta_vs_actdistill")), format_delta(r.get("delta_vs_teacher"))
         per_d = "/".join(f"{x:+.3f}" for x in r.get("delta_vs_actdistill_per_seed", [])) if r.get("seeds", 1) > 1 else ""
         per_s = "/".join(f"{x:.3f}" for x in r["seed_success"]) if r.get("seeds", 1) > 1 else ""
         if per_s:
@@ -377,8 +374,7 @@ def group_table(rows: list[dict], groups: list[str]) -> str:
             para = f"{r['success_paraphrase']:.3f} ({lo:.2f}-{hi:.2f})"
             if "success_paraphrase_per_seed" in r:  # a merged bench whose parts each ran their own seed's paraphrases
                 para += "; seeds " + " / ".join(f"{v:.3f}" for v in r["success_paraphrase_per_seed"].values())
-            d = r["instruction_minus_paraphrase"]
-            gap = f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
+            gap = format_delta(r["instruction_minus_paraphrase"])
         lines.append(f"| {r['name']} | {succ}{lay}{para} | {gap} |")
     return "\n".join(lines) + "\n"
 

@@ -21,7 +21,7 @@ import numpy as np
 from actdistill.artifacts import ArtifactError, read_json, save_figure, write_report
 from actdistill.bench.run import pool_seeds, seed_paired_difference
 from actdistill.errors import ConfigError
-from actdistill.evaluate import paired_bootstrap
+from actdistill.evaluate import format_delta, paired_bootstrap
 from actdistill.provenance import provenance
 
 
@@ -144,7 +144,7 @@ def spread_table(report: dict) -> str:
         seeds = ", ".join(f"{k}={v}" for k, v in r["seeds"].items())
         lines.append(f"| {r['results']} | {seeds} | {r['teacher']:.3f} ({r['teacher_ci95'][0]:.2f}-{r['teacher_ci95'][1]:.2f}) "
                      f"| {r['student']:.3f} ({r['student_ci95'][0]:.2f}-{r['student_ci95'][1]:.2f}) | "
-                     f"{r['student_layers_executed_frac']:.2f} | {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] | "
+                     f"{r['student_layers_executed_frac']:.2f} | {format_delta(d)} | "
                      f"{'met' if r['core_target_met'] else 'missed'} | {r['stage_minutes'] or ''} |")
     lines += ["", "| policy | per seed | mean | sample std | min | max | pooled 95% CI | layers |", "|" + "---|" * 8]
     for p in report["pooled"]:
