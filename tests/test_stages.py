@@ -253,3 +253,55 @@ def test_always_run_layers_above_the_budget_are_refused_before_training(tiny_tea
         run_distill(dataclasses.replace(DISTILL, always_run=2), tiny_teacher, probed[0], tiny_demos, tmp_path / "d",
                     progress=False)
     assert not (tmp_path / "d" / "ckpt").exists()
+
+
+def test_instruction_rewording_changes_what_the_student_reads_and_never_the_teachers_targets(tiny_teacher, tiny_demos,
+                                                                                           probed, tmp_path):
+    """distill.instruction_reword=1: every row the student reads carries one of its task's training rewordings, the
+    targets are looked up for the batch as given (the training instruction), the draw repeats for the same step,
+    and the option reaches a whole distillation. Off, the student reads the batch itself."""
+    import dataclasses
+
+    from actdistill.data.dataset import FrameDataset
+    from actdistill.data.hdf5 import read_demos
+    from actdistill.distill.consistency import distill_rewordings
+    from actdistill.distill.routing import RoutedStudent
+    from actdistill.distill.stage import distill_loss, student_input
+    from actdistill.distill.targets import teacher_targets
+    from actdistill.probe.stage import load_probe_artifact
+    from actdistill.teacher import load_teacher
+
+    teacher, tinfo = load_teacher(tiny_teacher)
+    data = FrameDataset(read_demos(tiny_demos), teacher.config.chunk_size, tuple(tinfo["tasks"]))
+    probes, cache, _ = load_probe_artifact(probed[0], teacher, tinfo["header"]["weights_hash"], data.fingerprint)
+    cfg = dataclasses.replace(DISTILL, instruction_reword=1.0)
+    table = distill_rewordings(cfg, data.task_names)
+    assert table.shape[0] == len(TINY_TASKS) and distill_rewordings(DISTILL, data.task_names) is None
+    batch = data.batch(torch.arange(0, len(data), max(1, len(data) // 8)))
+    lang, task = batch["observation.language"], batch["task_id"]
+    seen, looked_up = [], []
+    student = RoutedStudent.from_teacher(teacher, probes, router_dim=8).train()
+    student.register_forward_pre_hook(lambda m, args: seen.append(args[0]["observation.language"]))
+    cached = teacher_targets("cache", cache)
+
+    def targets(b):
+        looked_up.append(b["observation.language"])
+        return cached(b)
+
+    distill_loss(student, batch, targets, cfg, soft=False, step=3, rewordings=table)
+    assert torch.equal(looked_up[0], lang)
+    for row, t in zip(seen[0], task):  # every row one of its own task's rewordings, none the instruction
+        assert any(torch.allclose(row, table[t, k]) for k in range(table.shape[1]))
+    assert not torch.isclose(seen[0], lang).all(1).any()
+    torch.testing.assert_close(student_input(batch, cfg, 3, table)["observation.language"], seen[0])
+    distill_loss(student, batch, targets, DISTILL, soft=False, step=3)
+    assert seen[1] is lang
+    with pytest.raises(ValueError, match="instruction_reword > 0 needs the rewording table"):
+        student_input(batch, cfg, 0, None)
+    with pytest.raises(ConfigError, match="instruction_reword must be in"):
+        DistillConfig(instruction_reword=-0.1)
+    assert "instruction_reword" not in DISTILL.to_dict()  # earlier distill fingerprints stay valid
+    half = dataclasses.replace(DISTILL, instruction_reword=0.5)
+    s = run_distill(half, tiny_teacher, probed[0], tiny_demos, tmp_path / "d", progress=False)
+    assert s["steps"] == half.train.steps
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["distill"]["instruction_reword"] == 0.5

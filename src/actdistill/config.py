@@ -343,6 +343,11 @@ class DistillConfig(_Base):
     # the view's instruction: with this probability a row's embedding is first replaced by one of its task's
     # training-only rewordings (sim/instructions.py REWORDINGS; never the held-out paraphrases)
     router_reword: float = 0.0
+    # the student's instruction: with this probability a training row's instruction embedding is replaced by one of
+    # its task's training-only rewordings before the student reads it, while the teacher's targets stay those of the
+    # training instruction (the student learns to act on a rewording as its teacher acts on the instruction; the
+    # held-out paraphrases are never used); 0 = off
+    instruction_reword: float = 0.0
     # which rows the semantic stream compares at layer l: "all", or "executed" (only the rows that ran layer l)
     semantic_on: str = "all"
     # the router's inputs: "vision+language", or "vision" (gates that an unseen phrasing of the instruction cannot
@@ -355,7 +360,7 @@ class DistillConfig(_Base):
 
     _LATER_FIELDS = ("gating", "threshold_momentum", "always_run", "stream_norm", "threshold_source",
                      "router_consistency", "router_jitter", "router_lang_noise", "router_reword", "semantic_on",
-                     "router_inputs", "stream_decay", "teacher_targets")
+                     "router_inputs", "stream_decay", "teacher_targets", "instruction_reword")
 
     def __post_init__(self) -> None:
         _check(0.0 < self.rho <= 1.0, f"DistillConfig.rho must be in (0, 1], got {self.rho}.")
@@ -378,6 +383,8 @@ class DistillConfig(_Base):
                f"DistillConfig.semantic_on must be 'all' or 'executed', got {self.semantic_on!r}.")
         _check(0.0 <= self.router_reword <= 1.0,
                f"DistillConfig.router_reword must be in [0, 1], got {self.router_reword}.")
+        _check(0.0 <= self.instruction_reword <= 1.0,
+               f"DistillConfig.instruction_reword must be in [0, 1], got {self.instruction_reword}.")
         _check(self.stream_norm in STREAM_NORMS,
                f"DistillConfig.stream_norm must be one of {', '.join(STREAM_NORMS)}, got {self.stream_norm!r}.")
         _check(self.teacher_targets in TEACHER_TARGETS, f"DistillConfig.teacher_targets must be one of "

@@ -198,7 +198,7 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
         tasks = tuple(dist_cfg["tasks"])  # calibrated on the tasks it was distilled on, in the caller's suite if it has them
         sim = SimConfig(tasks=tasks, camera=sim.camera, image_size=student.image_size,
                         suite=suite_for(tasks, prefer=sim.suite).key)
-        from actdistill.distill.consistency import view_rewordings
+        from actdistill.distill.consistency import distill_rewordings
         from actdistill.distill.stage import distill_loss, final_action_loss
         from actdistill.distill.targets import teacher_targets
 
@@ -207,7 +207,7 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
             def loss_fn(m, b, s):
                 return final_action_loss(m, teacher, b, dcfg)
         else:
-            rewordings = view_rewordings(dcfg, data.task_names) if settling else None
+            rewordings = distill_rewordings(dcfg, data.task_names) if settling else None
             targets = teacher_targets(dcfg.teacher_targets, cache, teacher, probes) if settling else None
             initial = dheader.get("summary", {}).get("initial_streams")  # stream_norm="initial": the distillation's scales
             initial = torch.tensor(initial) if initial is not None else None

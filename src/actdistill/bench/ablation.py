@@ -66,6 +66,10 @@ VARIANTS: dict[str, dict] = {
     "consistency-reword": {"distill.router_consistency": 1.0, "distill.router_reword": 0.5},
     # a router that reads the vision tokens only: an unseen phrasing of the instruction cannot move its gates
     "router-vision": {"distill.router_inputs": "vision"},
+    # the student reads a training-only rewording of its instruction in half of its rows, against the teacher's
+    # targets for the training instruction (distill.instruction_reword): a decoder that acts alike on rewordings
+    "reword": {"distill.instruction_reword": 0.5},
+    "router-vision-reword": {"distill.router_inputs": "vision", "distill.instruction_reword": 0.5},
     # gates on (off) in >= 85% of closed-loop calibration steps fixed on (off) for every input (export.py snap_gates)
     "snap": {"export.snap": 0.15, "export.calib_rounds": 3},
 }

@@ -24,7 +24,7 @@ from actdistill.config import BenchConfig, RunConfig, TeacherConfig
 from actdistill.constants import CONFIG_FILE, DATASET_FILE, RESULTS_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
-from actdistill.distill.consistency import view_rewordings
+from actdistill.distill.consistency import distill_rewordings
 from actdistill.distill.routing import RoutedStudent
 from actdistill.distill.stage import distill_loss, initial_streams, run_distill
 from actdistill.distill.targets import teacher_targets
@@ -182,7 +182,7 @@ class Bench(RunArtifacts):
         dcfg, rc = self.rc.distill, self.rc
         student = RoutedStudent.from_teacher(self.teacher, self.probes, router_dim=dcfg.router_dim, tau=dcfg.tau,
                                              init_bias=dcfg.router_init_bias, router_inputs=dcfg.router_inputs)
-        words, targets = view_rewordings(dcfg, self.tasks), self.targets(dcfg)
+        words, targets = distill_rewordings(dcfg, self.tasks), self.targets(dcfg)
         d_step = train_step_flops(student, lambda m, b: distill_loss(m, b, targets, dcfg, soft=False,
                                                                      rewordings=words)[0],
                                   self.data.batch(torch.arange(n))) * dcfg.train.batch_size / n

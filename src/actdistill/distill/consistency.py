@@ -46,10 +46,14 @@ def embedding_noise(emb: torch.Tensor, scale: float, generator: torch.Generator)
     return torch.nn.functional.normalize(emb + (radius * direction).to(emb), dim=1)
 
 
-def view_rewordings(cfg, tasks: tuple[str, ...]) -> torch.Tensor | None:
-    """The rewording table a distillation with config `cfg` (DistillConfig) needs for its view, or None."""
-    return (rewording_table(tuple(tasks), "distill.router_reword") if cfg.router_consistency > 0 and cfg.router_reword > 0
-            else None)
+def distill_rewordings(cfg, tasks: tuple[str, ...]) -> torch.Tensor | None:
+    """The rewording table a distillation with config `cfg` (DistillConfig) needs, for the router's view
+    (router_reword) or the student's own input (instruction_reword), or None when it needs none."""
+    if cfg.instruction_reword > 0:
+        return rewording_table(tuple(tasks), "distill.instruction_reword")
+    if cfg.router_consistency > 0 and cfg.router_reword > 0:
+        return rewording_table(tuple(tasks), "distill.router_reword")
+    return None
 
 
 def router_view(batch: dict, jitter: float, lang_noise: float, generator: torch.Generator,
@@ -63,7 +67,7 @@ def router_view(batch: dict, jitter: float, lang_noise: float, generator: torch.
     lang = batch[OBS_LANG]
     if reword_p > 0:
         if rewordings is None:
-            raise ValueError("router_view: reword_p > 0 needs the rewording table (view_rewordings).")
+            raise ValueError("router_view: reword_p > 0 needs the rewording table (distill_rewordings).")
         lang = reword(lang, batch[TASK_ID], rewordings, reword_p, generator)
     return {OBS_IMAGE: photometric_jitter(images, jitter, generator),
             OBS_LANG: embedding_noise(lang, lang_noise, generator)}

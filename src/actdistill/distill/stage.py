@@ -15,16 +15,17 @@ import torch
 from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, make_header,
                                   read_json, write_header)
 from actdistill.config import ConfigError, DistillConfig
-from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE, ROUTER_VIEW, WEIGHTS_FILE
+from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE, OBS_LANG, ROUTER_VIEW, TASK_ID, WEIGHTS_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
-from actdistill.distill.consistency import consistency_loss, router_view, view_rewordings
+from actdistill.distill.consistency import consistency_loss, router_view, distill_rewordings
 from actdistill.distill.losses import (action_stream_loss, layer_weights, normalise_streams, routed_gate_losses,
                                        semantic_loss, stream_weight)
 from actdistill.distill.similarity import layer_input_similarity
 from actdistill.distill.routing import RoutedStudent
 from actdistill.distill.targets import teacher_targets
 from actdistill.models.heads import action_loss
+from actdistill.models.language import reword
 from actdistill.probe.stage import load_probe_artifact
 from actdistill.teacher import load_teacher
 from actdistill.training import distributed_summary, main_process_writes, step_generator, train_loop, unwrap
@@ -36,13 +37,15 @@ def distill_loss(model: RoutedStudent, batch: dict, targets, cfg: DistillConfig,
     """The ActDistill objective; `targets(batch)` = the teacher's (z_l^T, a_l^T) of the batch (distill/targets.py);
     `initial` = (L_sem, L_act) of the untrained student for stream_norm="initial";
     `step` seeds the router-consistency view (a pure function of seed and step, so a resumed run draws the same);
-    `rewordings` = the (tasks, K, D) table of training rewordings when cfg.router_reword > 0; `stream_step` = the
-    step the streams' decay reads (cfg.stream_decay; default `step`: settling passes the last training step)."""
+    `rewordings` = the (tasks, K, D) table of training rewordings when cfg.router_reword or cfg.instruction_reword
+    is set (distill_rewordings); `stream_step` = the step the streams' decay reads (cfg.stream_decay; default
+    `step`: settling passes the last training step). The teacher's targets are always those of `batch` as given."""
+    seen = student_input(batch, cfg, step, rewordings)
     if cfg.router_consistency > 0:
         gen = step_generator(cfg.train.seed * 104_729 + step)
-        view = router_view(batch, cfg.router_jitter, cfg.router_lang_noise, gen, rewordings, cfg.router_reword)
-        batch = {**batch, ROUTER_VIEW: view}
-    out = model(batch, soft=soft)  # through the DDP wrapper when several processes train
+        view = router_view(seen, cfg.router_jitter, cfg.router_lang_noise, gen, rewordings, cfg.router_reword)
+        seen = {**seen, ROUTER_VIEW: view}
+    out = model(seen, soft=soft)  # through the DDP wrapper when several processes train
     student = unwrap(model)
     l_task, l_sem, l_act = _streams(student, out, batch, targets, cfg)
     l_sem, l_act = normalise_streams(l_sem, l_act, cfg.stream_norm, student.num_layers, initial)
@@ -60,6 +63,18 @@ def distill_loss(model: RoutedStudent, batch: dict, targets, cfg: DistillConfig,
     if cfg.stream_decay > 0:
         logs["stream_w"] = w
     return loss, logs
+
+
+def student_input(batch: dict, cfg: DistillConfig, step: int, rewordings: torch.Tensor | None) -> dict:
+    """The batch the student reads: with cfg.instruction_reword > 0, each row's instruction embedding replaced
+    with that probability by one of its task's training rewordings (a pure function of seed and step, so a resumed
+    run draws the same); otherwise `batch` itself."""
+    if cfg.instruction_reword <= 0:
+        return batch
+    if rewordings is None:
+        raise ValueError("distill.instruction_reword > 0 needs the rewording table (distill_rewordings).")
+    gen = step_generator(cfg.train.seed * 7_919 + step)
+    return {**batch, OBS_LANG: reword(batch[OBS_LANG], batch[TASK_ID], rewordings, cfg.instruction_reword, gen)}
 
 
 def final_action_loss(model: RoutedStudent, teacher, batch: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
@@ -165,7 +180,7 @@ def distill_student(cfg: DistillConfig, teacher, probes, cache, data: FrameDatas
                                          init_bias=cfg.router_init_bias, **routing_options(cfg, always))
     targets = teacher_targets(cfg.teacher_targets, cache, teacher, probes)
     initial = initial_streams(student, data, targets, cfg) if cfg.stream_norm == "initial" else None
-    rewordings = view_rewordings(cfg, data.task_names)
+    rewordings = distill_rewordings(cfg, data.task_names)
 
     def loss_fn(model, batch, step):
         return distill_loss(model, batch, targets, cfg, soft=step < cfg.soft_warmup_steps, initial=initial, step=step,
