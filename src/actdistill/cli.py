@@ -220,7 +220,7 @@ def cmd_bench_merge(args) -> None:
     if len(revisions) > 1:
         print("note: the parts ran at different code revisions (listed above and in the merged file's 'parts').")
     print("\n" + bench_table(results["rows"]))
-    suite = get_suite(RunConfig.from_dict(results["config"]["run"]).collect.sim.suite)
+    suite = get_suite(RunConfig.from_saved(results["config"]["run"]).collect.sim.suite)
     path = write_bench(results, Path(args.out), suite.key)
     print(f"results: {path} (+ {path.with_suffix('.md').name}, pareto.png)")
 
@@ -281,7 +281,7 @@ def cmd_plan(args) -> None:
         cfg, vocab, family = model_config_from_transformers(Path(args.model_config), args.tokens)
         what = f"{family} decoder of {args.model_config} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.seq_len} tokens)"
     elif args.run:
-        cfg = TeacherConfig.from_dict(_read_run_config(Path(args.run))["teacher"]).model
+        cfg = TeacherConfig.from_saved(_read_run_config(Path(args.run))["teacher"]).model
         what = f"the teacher of {args.run}"
     else:
         cfg = TeacherConfig().model

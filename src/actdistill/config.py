@@ -2,7 +2,8 @@
 
 Each config is a dataclass validated in `__post_init__`; defaults run on a
 laptop CPU. Configs are saved next to every artifact (`config.json`) and
-reloaded with `from_dict`, which refuses unknown or ill-typed fields.
+reloaded with `from_saved` (from_dict, which refuses unknown or ill-typed fields, after filling in the earlier
+value of each later field the file lacks).
 """
 
 from __future__ import annotations
@@ -85,6 +86,37 @@ class _Base:
         if unknown:
             raise ConfigError(f"{cls.__name__} has no field(s) {', '.join(map(repr, unknown))}; known fields: {', '.join(sorted(names))}.")
         return cls(**data)  # every field is coerced and checked on construction (see __init_subclass__)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]):
+        """A config read back from an artifact's `config.json`: a later field the file lacks was written when it held
+        its earlier value (`to_dict` leaves it out), so it is read back as that value, not as today's default.
+        A config a user writes is read with `from_dict` (a field left out takes today's default)."""
+        return cls.from_dict(_with_earlier_values(cls, data))
+
+
+def _with_earlier_values(cls, data: Any) -> Any:
+    """`data` with each later field of `cls` (and of its nested configs) that it lacks set to its earlier value."""
+    if not isinstance(data, dict):
+        return data  # from_dict names the type error
+    out = dict(data)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        nested = _config_type(hints[f.name])
+        if f.name in out and nested is not None:
+            out[f.name] = _with_earlier_values(nested, out[f.name])
+        elif f.name not in out and f.name in cls._EARLIER_VALUES:
+            out[f.name] = copy.deepcopy(cls._EARLIER_VALUES[f.name])
+    return out
+
+
+def _config_type(tp: Any):
+    """The config class a field annotation names (directly or as Optional[...]), else None."""
+    if isinstance(tp, type) and issubclass(tp, _Base):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next((a for a in typing.get_args(tp) if isinstance(a, type) and issubclass(a, _Base)), None)
+    return None
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

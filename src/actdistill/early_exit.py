@@ -96,9 +96,9 @@ def choose_exit_threshold(policy: EarlyExitPolicy, data, target_frac: float, cou
 
 def load_early_exit(folder) -> EarlyExitPolicy:
     """An early-exit policy artifact: the teacher, its trained per-layer probes and the exit threshold."""
-    cfg = EarlyExitConfig.from_dict(read_json(Path(folder) / CONFIG_FILE, "the early-exit config"))
+    cfg = EarlyExitConfig.from_saved(read_json(Path(folder) / CONFIG_FILE, "the early-exit config"))
     teacher, _ = load_teacher(Path(cfg.teacher))
-    probes = build_probes(ProbeConfig.from_dict(read_json(Path(cfg.probe) / CONFIG_FILE, "the probe config")), teacher)
+    probes = build_probes(ProbeConfig.from_saved(read_json(Path(cfg.probe) / CONFIG_FILE, "the probe config")), teacher)
     probes.load_state_dict(load_tensors(Path(cfg.probe) / PROBES_FILE, "the probe weights"))
     return EarlyExitPolicy(teacher, probes.eval(), cfg.threshold).eval()
 

@@ -47,8 +47,8 @@ def _student_from_distill(distill_dir: Path, probes=None) -> tuple[RoutedStudent
     receives the student's trained extractors and probes; the caller's keeps the teacher's)."""
     header = read_header(distill_dir, "distill")
     cfg_json = read_json(Path(distill_dir) / CONFIG_FILE, "the distill config")
-    dcfg = DistillConfig.from_dict(cfg_json["distill"])
-    mcfg = ModelConfig.from_dict(cfg_json["model"])
+    dcfg = DistillConfig.from_saved(cfg_json["distill"])
+    mcfg = ModelConfig.from_saved(cfg_json["model"])
     weights = load_checked_weights(distill_dir, header, "distilled student weights", "distill again")
     check_head_family(weights, mcfg.action_head, Path(distill_dir) / WEIGHTS_FILE, prefix="vla.head.")
     student = RoutedStudent(mcfg, router_dim=dcfg.router_dim, tau=dcfg.tau,
@@ -202,7 +202,7 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
         from actdistill.distill.stage import distill_loss, final_action_loss
         from actdistill.distill.targets import teacher_targets
 
-        dcfg = DistillConfig.from_dict(dist_cfg["distill"])
+        dcfg = DistillConfig.from_saved(dist_cfg["distill"])
         if cfg.settle_loss == "final":
             def loss_fn(m, b, s):
                 return final_action_loss(m, teacher, b, dcfg)
@@ -260,7 +260,7 @@ def load_student(folder: Path, model: nn.Module | None = None) -> RoutedStudent:
     needs `model`, a fresh instance of the class it was exported from (its weights are replaced)."""
     folder = Path(folder)
     header = read_header(folder, "export")
-    cfg = StudentConfig.from_dict(read_json(folder / CONFIG_FILE, "the student config"))
+    cfg = StudentConfig.from_saved(read_json(folder / CONFIG_FILE, "the student config"))
     if cfg.model is None and model is None:
         raise ArtifactError(f"{folder} holds a routed {cfg.model_class or 'custom model'}; load it with "
                             "load_student(folder, model=<a fresh instance of that class>).")

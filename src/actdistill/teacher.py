@@ -81,7 +81,7 @@ def load_teacher(folder: Path) -> tuple[ReferenceVLA, dict]:
     header = read_header(folder, "train-teacher")
     cfg_json = read_json(folder / CONFIG_FILE, "the teacher config")
     tasks = cfg_json.pop("tasks", None)
-    cfg = TeacherConfig.from_dict(cfg_json)
+    cfg = TeacherConfig.from_saved(cfg_json)
     model = ReferenceVLA(cfg.model)
     weights = load_checked_weights(folder, header, "teacher weights", "train it again")
     check_head_family(weights, cfg.model.action_head, folder / WEIGHTS_FILE)

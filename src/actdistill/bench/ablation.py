@@ -107,7 +107,7 @@ def variant_policy(run_dir: Path, rho: float, name: str) -> Path:
     placements; `actdistill robustness --variants` then reports it on test placements)."""
     if name == "full":
         raise ConfigError("The 'full' variant is the ActDistill student itself; name the other variants.")
-    rc = RunConfig.from_dict(read_json(Path(run_dir) / CONFIG_FILE, "the run config"))
+    rc = RunConfig.from_saved(read_json(Path(run_dir) / CONFIG_FILE, "the run config"))
     kind, _, _ = variant_configs(name, rc, rho)
     folder = Path(run_dir) / f"ablation-rho{rho}" / name.replace("+", "-")
     path = folder if kind == "router-kd" else folder / "student"

@@ -115,8 +115,8 @@ def merge_bench(paths: list[Path]) -> dict:
     seeds = sorted({k for g in groups.values() for k in g["seeds"]})
     shared = _bench_config(ref)
     every_seed = seeds == list(range(shared.get("seeds", BenchConfig.seeds)))
-    bcfg = BenchConfig.from_dict(shared if every_seed else {**shared, "seed_list": seeds})
-    rc = RunConfig.from_dict(ref["config"]["run"])
+    bcfg = BenchConfig.from_saved(shared if every_seed else {**shared, "seed_list": seeds})
+    rc = RunConfig.from_saved(ref["config"]["run"])
     tasks = tuple(rows["teacher"]["success_per_task"])
     training = {}
     for part in parts:

@@ -80,7 +80,7 @@ class RunArtifacts:
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
-        self.rc = RunConfig.from_dict(read_json(self.run_dir / CONFIG_FILE, "the run config"))
+        self.rc = RunConfig.from_saved(read_json(self.run_dir / CONFIG_FILE, "the run config"))
         self.data_path = distillation_data(self.run_dir, self.rc)  # the teacher's set, or the smaller distillation set
         self.teacher_dir, self.probe_dir = self.run_dir / "teacher", self.run_dir / "probe"
         self.teacher, tinfo = load_teacher(self.teacher_dir)

@@ -157,7 +157,7 @@ def load_probe_artifact(probe_dir: Path, teacher, teacher_hash: str, dataset_fp:
     """The trained probes and the cache, checked against the teacher and dataset at hand."""
     probe_dir = Path(probe_dir)
     header = read_header(probe_dir, "probe")
-    cfg = ProbeConfig.from_dict(read_json(probe_dir / CONFIG_FILE, "the probe config"))
+    cfg = ProbeConfig.from_saved(read_json(probe_dir / CONFIG_FILE, "the probe config"))
     probes = build_probes(cfg, teacher)
     weights = load_tensors(probe_dir / PROBES_FILE, "the probe weights")
     heads_hash = hash_tensors(weights)
