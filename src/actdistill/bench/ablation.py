@@ -66,6 +66,8 @@ VARIANTS: dict[str, dict] = {
     "consistency-reword": {"distill.router_consistency": 1.0, "distill.router_reword": 0.5},
     # a router that reads the vision tokens only: an unseen phrasing of the instruction cannot move its gates
     "router-vision": {"distill.router_inputs": "vision"},
+    # the router that also reads the instruction (the default until session 27)
+    "router-language": {"distill.router_inputs": "vision+language"},
     # the student reads a training-only rewording of its instruction in half of its rows, against the teacher's
     # targets for the training instruction (distill.instruction_reword): a decoder that acts alike on rewordings
     "reword": {"distill.instruction_reword": 0.5},
