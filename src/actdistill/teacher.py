@@ -9,11 +9,11 @@ import torch
 from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, load_checked_weights,
                                   make_header, read_header, read_json, write_header)
 from actdistill.config import ConfigError, TeacherConfig
-from actdistill.constants import CONFIG_FILE, OBS_LANG, TASK_ID, WEIGHTS_FILE
+from actdistill.constants import CONFIG_FILE, WEIGHTS_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
 from actdistill.models.heads import check_head_family
-from actdistill.models.language import reword, rewording_table
+from actdistill.models.language import reword_batch, rewording_table
 from actdistill.models.vla import ReferenceVLA
 from actdistill.training import distributed_summary, main_process_writes, step_generator, train_loop
 
@@ -56,7 +56,7 @@ def reworded_loss(table: torch.Tensor, p: float, seed: int):
     (tasks, K, D) rewording embeddings); the draw is a function of seed and step, so a resumed run draws the same."""
     def loss_fn(model, batch, step):
         gen = step_generator(seed * 15_485_863 + step)
-        return model({**batch, OBS_LANG: reword(batch[OBS_LANG], batch[TASK_ID], table, p, gen)})
+        return model(reword_batch(batch, table, p, gen))
     return loss_fn
 
 

@@ -15,7 +15,7 @@ import torch
 from actdistill.artifacts import (ArtifactError, atomic_save_tensors, atomic_write_json, hash_tensors, make_header,
                                   read_json, write_header)
 from actdistill.config import ConfigError, DistillConfig
-from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE, OBS_LANG, ROUTER_VIEW, TASK_ID, WEIGHTS_FILE
+from actdistill.constants import ACTION, ACTION_PAD, CONFIG_FILE, ROUTER_VIEW, WEIGHTS_FILE
 from actdistill.data.dataset import FrameDataset
 from actdistill.data.hdf5 import read_demos
 from actdistill.distill.consistency import consistency_loss, router_view, distill_rewordings
@@ -25,7 +25,7 @@ from actdistill.distill.similarity import layer_input_similarity
 from actdistill.distill.routing import RoutedStudent
 from actdistill.distill.targets import teacher_targets
 from actdistill.models.heads import action_loss
-from actdistill.models.language import reword
+from actdistill.models.language import reword_batch
 from actdistill.probe.stage import load_probe_artifact
 from actdistill.teacher import load_teacher
 from actdistill.training import distributed_summary, main_process_writes, step_generator, train_loop, unwrap
@@ -74,7 +74,7 @@ def student_input(batch: dict, cfg: DistillConfig, step: int, rewordings: torch.
     if rewordings is None:
         raise ValueError("distill.instruction_reword > 0 needs the rewording table (distill_rewordings).")
     gen = step_generator(cfg.train.seed * 7_919 + step)
-    return {**batch, OBS_LANG: reword(batch[OBS_LANG], batch[TASK_ID], rewordings, cfg.instruction_reword, gen)}
+    return reword_batch(batch, rewordings, cfg.instruction_reword, gen)
 
 
 def final_action_loss(model: RoutedStudent, teacher, batch: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:

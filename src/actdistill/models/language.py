@@ -71,3 +71,10 @@ def reword(emb: torch.Tensor, task_id: torch.Tensor, table: torch.Tensor, p: flo
     pick = torch.randint(0, k, (b,), generator=generator)
     swap = torch.rand(b, generator=generator) < p
     return torch.where(swap.unsqueeze(1).to(emb.device), table[task_id.cpu(), pick].to(emb), emb)
+
+
+def reword_batch(batch: dict, table: torch.Tensor, p: float, generator: torch.Generator) -> dict:
+    """`batch` with its instruction embeddings reworded (`reword`, by the rows' task ids); the rest as it is."""
+    from actdistill.constants import OBS_LANG, TASK_ID
+
+    return {**batch, OBS_LANG: reword(batch[OBS_LANG], batch[TASK_ID], table, p, generator)}
