@@ -58,6 +58,20 @@ def test_a_stage_reused_across_a_version_change_says_so_in_one_line(tmp_path):
     assert len(st.notices) == 1 and "numpy 0.0.1 ->" in st.notices[0] and st.notices[0].startswith("collect: reused")
 
 
+def test_a_reused_stage_copied_from_another_run_shows_the_file_in_this_runs_folder(tmp_path):
+    first, here = tmp_path / "runs" / "a" / "teacher", tmp_path / "runs" / "b" / "teacher"
+    summary = {"seconds": 1.0, "weights": str(first / "model.safetensors")}
+    for folder in (first, here):
+        write_header(folder, make_header("train-teacher", {"a": 1}, inputs={}, summary=summary))
+        (folder / "model.safetensors").write_bytes(b"w")
+    st = StageRunner()
+    st.run("train-teacher", "train-teacher", here, {"a": 1}, {}, lambda: {}, lambda s: "", lambda s: s["weights"])
+    assert st.rows[0]["output"] == str(here / "model.safetensors")
+    (here / "model.safetensors").unlink()  # nothing of that name here: the summary's own path, as stored
+    st.run("train-teacher", "train-teacher", here, {"a": 1}, {}, lambda: {}, lambda s: "", lambda s: s["weights"])
+    assert st.rows[1]["output"] == str(first / "model.safetensors")
+
+
 def test_each_stage_logs_a_timestamped_line_as_it_starts_and_ends(tmp_path, capsys):
     st = StageRunner()
     st.run("probe", "probe", tmp_path / "a", {"a": 1}, {}, lambda: {"seconds": 12.3}, lambda s: "probe MSE 0.1",

@@ -52,11 +52,20 @@ class StageRunner:
             if changes:
                 self.notices.append(f"{name}: reused an artifact made with other versions ({'; '.join(changes)}).")
         row = {"stage": name, "status": status, "seconds": summary.get("seconds"), "note": note(summary),
-               "output": output(summary)}
+               "output": self._shown(output(summary), folder, status)}
         self.rows.append(row)
         took = f" in {row['seconds']:.0f} s" if status == "ran" and isinstance(row["seconds"], (int, float)) else ""
         self._line(f"{name}: {status}{took}" + (f", {row['note']}" if row["note"] else ""))
         return summary
+
+    @staticmethod
+    def _shown(path: str, folder: Path, status: str) -> str:
+        """The output as this run holds it: a reused artifact copied from another run names its first folder in
+        its summary, so show the file of the same name in this stage's folder when it is there."""
+        if status != "reused" or not path:
+            return path
+        here = Path(folder) / Path(path).name
+        return str(here) if here.exists() else path
 
     @staticmethod
     def _line(text: str) -> None:
