@@ -156,6 +156,10 @@ def test_any_ablation_variant_can_be_settled():
     assert variant_configs("full+settle", rc, 0.3)[2].settle_loss == "distill"
     # the default settling objective leaves earlier export fingerprints unchanged
     assert "settle_loss" not in rc.export.to_dict() and "settle_loss" in x.to_dict()
+    # ActDistill with the teacher's final action beside the fading streams, hybrid: one config, saved with the field
+    kind, d, x = variant_configs("hybrid-decay-kd+settle", rc, 0.3)
+    assert (kind, d.always_run, d.stream_decay, d.final_kd, x.settle_loss) == ("actdistill", 3, 1.0, 1.0, "distill")
+    assert "final_kd" in d.to_dict() and "final_kd" not in rc.distill.to_dict()
 
 
 def test_pooled_rows_report_success_and_layer_use_per_difficulty_group():

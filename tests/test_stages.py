@@ -188,6 +188,54 @@ def test_decayed_streams_leave_the_task_loss_and_gate_terms_alone_and_settling_k
     assert settled and all(r["stream_w"] == 0.0 for r in settled)
 
 
+def test_final_action_distillation_beside_decayed_streams_ends_as_router_kd_and_settling_keeps_it(
+        tiny_teacher, tiny_demos, probed, tmp_path):
+    """distill.final_kd=1 with stream_decay=0.5: the logged loss is task + streams + gate terms + kd at step 0 and
+    task + gate terms + kd from the decay's end on (router-KD's objective); settling on the distillation objective
+    keeps the kd term; the term is the student's own action against the teacher's, zero for a student running every
+    layer (the teacher's copy); without a teacher, or with a negative weight, one sentence."""
+    import dataclasses
+
+    from actdistill.data.dataset import FrameDataset
+    from actdistill.data.hdf5 import read_demos
+    from actdistill.distill.routing import RoutedStudent
+    from actdistill.distill.stage import distill_loss, final_action_term
+    from actdistill.distill.targets import teacher_targets
+    from actdistill.probe.stage import load_probe_artifact
+    from actdistill.teacher import load_teacher
+
+    cfg = dataclasses.replace(DISTILL, stream_decay=0.5, final_kd=1.0)
+    run_distill(cfg, tiny_teacher, probed[0], tiny_demos, tmp_path / "d", progress=False)
+    first, last = [json.loads(x) for x in (tmp_path / "d" / "train_log.jsonl").read_text().splitlines()]
+    gates = {r["step"]: cfg.lambda_bal * r["bal"] + cfg.lambda_bud * r["bud"] + cfg.lambda_pol * r["pol"] for r in (first, last)}
+    assert first["kd"] > 0 and last["kd"] > 0 and last["stream_w"] == 0.0
+    assert first["loss"] == pytest.approx(first["task"] + first["sem"] + first["act"] + gates[0] + first["kd"], rel=1e-5)
+    assert last["loss"] == pytest.approx(last["task"] + gates[11] + last["kd"], rel=1e-5)
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["distill"]["final_kd"] == 1.0
+    xcfg = ExportConfig(calib_episodes_per_task=1, calib_rounds=1, max_steps=8, settle_steps=2, calib_workers=1)
+    run_export(xcfg, tmp_path / "d", tiny_demos, tmp_path / "x", SimConfig(tasks=TINY_TASKS, image_size=32),
+               progress=False, teacher_dir=tiny_teacher, probe_dir=probed[0])
+    settled = [json.loads(x) for x in (tmp_path / "x" / "settle" / "train_log.jsonl").read_text().splitlines()]
+    assert settled and all(r["stream_w"] == 0.0 and r["kd"] > 0 for r in settled)
+
+    teacher, tinfo = load_teacher(tiny_teacher)
+    data = FrameDataset(read_demos(tiny_demos), teacher.config.chunk_size, tuple(tinfo["tasks"]))
+    probes, cache, _ = load_probe_artifact(probed[0], teacher, tinfo["header"]["weights_hash"], data.fingerprint)
+    student = RoutedStudent.from_teacher(teacher, probes, router_dim=8).eval()
+    batch = data.batch(torch.arange(0, len(data), max(1, len(data) // 8)))
+    n = len(batch["sample_id"])
+    with torch.no_grad():
+        every = final_action_term(student.forward_train(batch, masks=torch.ones(n, student.num_layers)), teacher, batch, student)
+        half = torch.ones(n, student.num_layers)
+        half[:, 1::2] = 0
+        some = final_action_term(student.forward_train(batch, masks=half), teacher, batch, student)
+    assert every.item() < 1e-8 < some.item(), (every.item(), some.item())
+    with pytest.raises(ValueError, match="needs the teacher"):
+        distill_loss(student, batch, teacher_targets("cache", cache), cfg, soft=False)
+    with pytest.raises(ConfigError, match="final_kd must be >= 0"):
+        DistillConfig(final_kd=-1.0)
+
+
 def test_online_targets_are_the_teachers_on_the_batch_as_the_student_sees_it(tiny_teacher, tiny_demos, probed):
     """On unshifted frames the online targets are the cache's; on shifted ones they move with the image, so a student
     that runs every layer (an exact copy of the teacher) has no semantic error against them and a positive one

@@ -391,10 +391,14 @@ class DistillConfig(_Base):
     # "online" (the frozen teacher and probes run on every batch as the student sees it, after train.shift_augment:
     # the teacher's layers on inputs the training frames do not hold; one teacher forward pass per step)
     teacher_targets: str = "cache"
+    # weight of distillation from the teacher's final action through the student's own action head (router-KD's
+    # term) added to the objective; not faded by stream_decay, so with it the objective ends as router-KD's
+    # (task loss + final action); one teacher forward pass per step; 0 = off (the paper's objective)
+    final_kd: float = 0.0
 
     _LATER_FIELDS = ("gating", "threshold_momentum", "always_run", "stream_norm", "threshold_source",
                      "router_consistency", "router_jitter", "router_lang_noise", "router_reword", "semantic_on",
-                     "router_inputs", "stream_decay", "teacher_targets", "instruction_reword")
+                     "router_inputs", "stream_decay", "teacher_targets", "instruction_reword", "final_kd")
     _EARLIER_VALUES = {"router_inputs": "vision+language"}  # distillations before session 27 read the instruction
 
     def __post_init__(self) -> None:
@@ -426,6 +430,7 @@ class DistillConfig(_Base):
                f"{', '.join(TEACHER_TARGETS)}, got {self.teacher_targets!r}.")
         _check(0.0 <= self.stream_decay <= 1.0,
                f"DistillConfig.stream_decay must be in [0, 1] (a fraction of the training steps), got {self.stream_decay}.")
+        _check(self.final_kd >= 0, f"DistillConfig.final_kd must be >= 0, got {self.final_kd}.")
         _check_router_inputs(self)
 
 

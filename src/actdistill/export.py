@@ -214,7 +214,8 @@ def run_export(cfg: ExportConfig, distill_dir: Path, dataset_path: Path, out_dir
 
             def loss_fn(m, b, s):
                 return distill_loss(m, b, targets, dcfg, soft=False, initial=initial, step=s, rewordings=rewordings,
-                                    stream_step=dcfg.train.steps)  # the streams' weight at the end of distillation
+                                    stream_step=dcfg.train.steps,  # the streams' weight at the end of distillation
+                                    teacher=teacher)
         history, extra = calibrate_and_settle(student, rho, cfg, sim, training_placements(dataset_path), loss_fn, data,
                                               dcfg.train, out_dir, {"student": dheader["weights_hash"]}, progress)
     student.strip_probes()

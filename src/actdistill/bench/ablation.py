@@ -43,6 +43,12 @@ VARIANTS: dict[str, dict] = {
     "decay-half": {"distill.stream_decay": 0.5},
     # both: the static-prune layers always run, the per-layer streams decay to 0
     "hybrid-decay": {"distill.always_run": 3, "distill.stream_decay": 1.0},
+    # the teacher's final action distilled through the student's own head beside the streams (distill.final_kd),
+    # the streams fading out: the objective starts as ActDistill's and ends as router-KD's
+    "decay-kd": {"distill.stream_decay": 1.0, "distill.final_kd": 1.0},
+    "hybrid-decay-kd": {"distill.always_run": 3, "distill.stream_decay": 1.0, "distill.final_kd": 1.0},
+    # the same term with the streams kept at full weight
+    "kd": {"distill.final_kd": 1.0},
     # router-KD with the same always-run layers as hybrid
     "hybrid-router-kd": {"kind": "router-kd", "distill.always_run": 3},
     # hybrid on randomly shifted images (train.shift_augment), each shifted batch with the teacher's own targets

@@ -184,7 +184,7 @@ class Bench(RunArtifacts):
                                              init_bias=dcfg.router_init_bias, router_inputs=dcfg.router_inputs)
         words, targets = distill_rewordings(dcfg, self.tasks), self.targets(dcfg)
         d_step = train_step_flops(student, lambda m, b: distill_loss(m, b, targets, dcfg, soft=False,
-                                                                     rewordings=words)[0],
+                                                                     rewordings=words, teacher=self.teacher)[0],
                                   self.data.batch(torch.arange(n))) * dcfg.train.batch_size / n
         self.training = {"teacher": {"steps": rc.teacher.train.steps,
                                      "flops": self.training_step_flops(rc.teacher.model, rc.teacher.train.batch_size)
@@ -256,7 +256,7 @@ def static_row(bench: Bench, rho: float, k: int, frac: float, method: str, disti
             initial = initial_streams(student, bench.data, targets, dcfg) if dcfg.stream_norm == "initial" else None
 
             def loss_fn(m, b, s):
-                return distill_loss(m, b, targets, dcfg, soft=False, initial=initial, step=s)
+                return distill_loss(m, b, targets, dcfg, soft=False, initial=initial, step=s, teacher=bench.teacher)
         else:
             def loss_fn(m, b, s):
                 return task_loss(m, b)

@@ -33,13 +33,15 @@ from actdistill.training import distributed_summary, main_process_writes, step_g
 
 def distill_loss(model: RoutedStudent, batch: dict, targets, cfg: DistillConfig, soft: bool,
                  initial: torch.Tensor | None = None, step: int = 0,
-                 rewordings: torch.Tensor | None = None, stream_step: int | None = None) -> tuple[torch.Tensor, dict]:
+                 rewordings: torch.Tensor | None = None, stream_step: int | None = None,
+                 teacher=None) -> tuple[torch.Tensor, dict]:
     """The ActDistill objective; `targets(batch)` = the teacher's (z_l^T, a_l^T) of the batch (distill/targets.py);
     `initial` = (L_sem, L_act) of the untrained student for stream_norm="initial";
     `step` seeds the router-consistency view (a pure function of seed and step, so a resumed run draws the same);
     `rewordings` = the (tasks, K, D) table of training rewordings when cfg.router_reword or cfg.instruction_reword
     is set (distill_rewordings); `stream_step` = the step the streams' decay reads (cfg.stream_decay; default
-    `step`: settling passes the last training step). The teacher's targets are always those of `batch` as given."""
+    `step`: settling passes the last training step); `teacher` = the contract model whose final action
+    cfg.final_kd distils (needed only then). The teacher's targets are always those of `batch` as given."""
     seen = student_input(batch, cfg, step, rewordings)
     if cfg.router_consistency > 0:
         gen = step_generator(cfg.train.seed * 104_729 + step)
@@ -53,6 +55,9 @@ def distill_loss(model: RoutedStudent, batch: dict, targets, cfg: DistillConfig,
     w = stream_weight(step if stream_step is None else stream_step, cfg.train.steps, cfg.stream_decay)  # 1.0 when off
     loss, gl = with_gate_terms(l_task + cfg.alpha * w * l_sem + cfg.beta * w * l_act, student, out, cfg)
     cons = {}
+    if cfg.final_kd > 0:
+        cons["kd"] = final_action_term(out, teacher, batch, student)
+        loss = loss + cfg.final_kd * cons["kd"]
     if cfg.router_consistency > 0:
         cons["cons"] = consistency_loss(out["logits"], out["view_logits"], out["routed"])
         loss = loss + cfg.router_consistency * cons["cons"]
@@ -77,20 +82,29 @@ def student_input(batch: dict, cfg: DistillConfig, step: int, rewordings: torch.
     return reword_batch(batch, rewordings, cfg.instruction_reword, gen)
 
 
-def final_action_loss(model: RoutedStudent, teacher, batch: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
-    """Task loss + distillation from the teacher's final action only (+ the same gate terms as ActDistill): the
-    router-KD baseline's objective, and settling's with `export.settle_loss="final"`. `teacher` is any contract
-    model with a continuous action output (`predict`)."""
-    student = unwrap(model)
+def final_action_term(out: dict, teacher, batch: dict, student: RoutedStudent) -> torch.Tensor:
+    """MSE between the student's action (its own head, from the forward pass `out`) and the teacher's final action
+    on `batch` (valid steps only). `teacher` is any contract model with a continuous action output (`predict`)."""
+    if teacher is None:
+        raise ValueError("Distillation from the teacher's final action (distill.final_kd > 0) needs the teacher.")
     if student.vla.config.action_head != "regression":
         raise ValueError(f"Distillation from the teacher's final action needs a regression head (a continuous action "
                          f"output); this student has a {student.vla.config.action_head!r} head.")
-    out = model(batch)
+    device = out["action"].device  # the training loop puts the batch and the student on it; the teacher follows
+    if next(teacher.parameters()).device != device:
+        teacher.to(device)
     with torch.no_grad():
         target = teacher.predict(batch)
-    pad = batch.get(ACTION_PAD)
-    l_task = action_loss(out["action"], batch[ACTION], pad)
-    l_kd = action_loss(out["action"], target, pad)
+    return action_loss(out["action"], target, batch.get(ACTION_PAD))
+
+
+def final_action_loss(model: RoutedStudent, teacher, batch: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
+    """Task loss + distillation from the teacher's final action only (+ the same gate terms as ActDistill): the
+    router-KD baseline's objective, and settling's with `export.settle_loss="final"`."""
+    student = unwrap(model)
+    out = model(batch)
+    l_task = action_loss(out["action"], batch[ACTION], batch.get(ACTION_PAD))
+    l_kd = final_action_term(out, teacher, batch, student)
     loss = with_gate_terms(l_task + cfg.beta * l_kd, student, out, cfg)[0]
     return loss, {"loss": loss.item(), "task": l_task.item(), "kd": l_kd.item(),
                   "keep": (out["masks"].detach() >= 0.5).float().mean().item()}
@@ -184,7 +198,7 @@ def distill_student(cfg: DistillConfig, teacher, probes, cache, data: FrameDatas
 
     def loss_fn(model, batch, step):
         return distill_loss(model, batch, targets, cfg, soft=step < cfg.soft_warmup_steps, initial=initial, step=step,
-                            rewordings=rewordings)
+                            rewordings=rewordings, teacher=teacher)
 
     # The router learns faster than the copied weights: it starts from scratch and must move its gates
     # from "all on" to the budget within one short distillation.
