@@ -82,14 +82,19 @@ def student_input(batch: dict, cfg: DistillConfig, step: int, rewordings: torch.
     return reword_batch(batch, rewordings, cfg.instruction_reword, gen)
 
 
+def check_regression_head(student: RoutedStudent) -> None:
+    """Distilling the teacher's final action compares continuous actions: refuse other heads in one sentence."""
+    if student.vla.config.action_head != "regression":
+        raise ValueError(f"Distillation from the teacher's final action needs a regression head (a continuous action "
+                         f"output); this student has a {student.vla.config.action_head!r} head.")
+
+
 def final_action_term(out: dict, teacher, batch: dict, student: RoutedStudent) -> torch.Tensor:
     """MSE between the student's action (its own head, from the forward pass `out`) and the teacher's final action
     on `batch` (valid steps only). `teacher` is any contract model with a continuous action output (`predict`)."""
     if teacher is None:
         raise ValueError("Distillation from the teacher's final action (distill.final_kd > 0) needs the teacher.")
-    if student.vla.config.action_head != "regression":
-        raise ValueError(f"Distillation from the teacher's final action needs a regression head (a continuous action "
-                         f"output); this student has a {student.vla.config.action_head!r} head.")
+    check_regression_head(student)
     device = out["action"].device  # the training loop puts the batch and the student on it; the teacher follows
     if next(teacher.parameters()).device != device:
         teacher.to(device)
@@ -102,6 +107,7 @@ def final_action_loss(model: RoutedStudent, teacher, batch: dict, cfg: DistillCo
     """Task loss + distillation from the teacher's final action only (+ the same gate terms as ActDistill): the
     router-KD baseline's objective, and settling's with `export.settle_loss="final"`."""
     student = unwrap(model)
+    check_regression_head(student)  # before the forward: another head has no continuous action to compare
     out = model(batch)
     l_task = action_loss(out["action"], batch[ACTION], batch.get(ACTION_PAD))
     l_kd = final_action_term(out, teacher, batch, student)
