@@ -225,10 +225,10 @@ def test_final_action_distillation_beside_decayed_streams_ends_as_router_kd_and_
     batch = data.batch(torch.arange(0, len(data), max(1, len(data) // 8)))
     n = len(batch["sample_id"])
     with torch.no_grad():
-        every = final_action_term(student.forward_train(batch, masks=torch.ones(n, student.num_layers)), teacher, batch, student)
+        every = final_action_term(student.forward_train(batch, masks=torch.ones(n, student.num_layers)), teacher, batch)
         half = torch.ones(n, student.num_layers)
         half[:, 1::2] = 0
-        some = final_action_term(student.forward_train(batch, masks=half), teacher, batch, student)
+        some = final_action_term(student.forward_train(batch, masks=half), teacher, batch)
     assert every.item() < 1e-8 < some.item(), (every.item(), some.item())
     with pytest.raises(ValueError, match="needs the teacher"):
         distill_loss(student, batch, teacher_targets("cache", cache), cfg, soft=False)

@@ -42,6 +42,8 @@ def distill_loss(model: RoutedStudent, batch: dict, targets, cfg: DistillConfig,
     is set (distill_rewordings); `stream_step` = the step the streams' decay reads (cfg.stream_decay; default
     `step`: settling passes the last training step); `teacher` = the contract model whose final action
     cfg.final_kd distils (needed only then). The teacher's targets are always those of `batch` as given."""
+    if cfg.final_kd > 0:
+        check_final_action(unwrap(model), teacher)  # before the forward, as router-KD's loss does
     seen = student_input(batch, cfg, step, rewordings)
     if cfg.router_consistency > 0:
         gen = step_generator(cfg.train.seed * 104_729 + step)
@@ -54,16 +56,16 @@ def distill_loss(model: RoutedStudent, batch: dict, targets, cfg: DistillConfig,
     g = out["gates"]
     w = stream_weight(step if stream_step is None else stream_step, cfg.train.steps, cfg.stream_decay)  # 1.0 when off
     loss, gl = with_gate_terms(l_task + cfg.alpha * w * l_sem + cfg.beta * w * l_act, student, out, cfg)
-    cons = {}
+    extra = {}  # the optional terms, logged beside the gate terms
     if cfg.final_kd > 0:
-        cons["kd"] = final_action_term(out, teacher, batch, student)
-        loss = loss + cfg.final_kd * cons["kd"]
+        extra["kd"] = final_action_term(out, teacher, batch)
+        loss = loss + cfg.final_kd * extra["kd"]
     if cfg.router_consistency > 0:
-        cons["cons"] = consistency_loss(out["logits"], out["view_logits"], out["routed"])
-        loss = loss + cfg.router_consistency * cons["cons"]
+        extra["cons"] = consistency_loss(out["logits"], out["view_logits"], out["routed"])
+        loss = loss + cfg.router_consistency * extra["cons"]
     on = out["masks"].detach() >= 0.5 if student.gating == "quantile" else g >= student.tau
     logs = {"loss": loss.item(), "task": l_task.item(), "sem": l_sem.item(), "act": l_act.item(),
-            **{k: v.item() for k, v in {**gl, **cons}.items()}, "keep": on.float().mean().item(), "g": g.mean().item(),
+            **{k: v.item() for k, v in {**gl, **extra}.items()}, "keep": on.float().mean().item(), "g": g.mean().item(),
             "gate_on_per_layer": [round(v, 3) for v in on.float().mean(0).tolist()]}
     if cfg.stream_decay > 0:
         logs["stream_w"] = w
@@ -82,19 +84,21 @@ def student_input(batch: dict, cfg: DistillConfig, step: int, rewordings: torch.
     return reword_batch(batch, rewordings, cfg.instruction_reword, gen)
 
 
-def check_regression_head(student: RoutedStudent) -> None:
-    """Distilling the teacher's final action compares continuous actions: refuse other heads in one sentence."""
+def check_final_action(student: RoutedStudent, teacher) -> None:
+    """Distilling the teacher's final action needs the teacher and compares continuous actions: refuse a missing
+    teacher or another head in one sentence, before any forward pass."""
+    if teacher is None:
+        raise ValueError("Distillation from the teacher's final action (router-KD's term, distill.final_kd) needs the "
+                         "teacher.")
     if student.vla.config.action_head != "regression":
         raise ValueError(f"Distillation from the teacher's final action needs a regression head (a continuous action "
                          f"output); this student has a {student.vla.config.action_head!r} head.")
 
 
-def final_action_term(out: dict, teacher, batch: dict, student: RoutedStudent) -> torch.Tensor:
+def final_action_term(out: dict, teacher, batch: dict) -> torch.Tensor:
     """MSE between the student's action (its own head, from the forward pass `out`) and the teacher's final action
-    on `batch` (valid steps only). `teacher` is any contract model with a continuous action output (`predict`)."""
-    if teacher is None:
-        raise ValueError("Distillation from the teacher's final action (distill.final_kd > 0) needs the teacher.")
-    check_regression_head(student)
+    on `batch` (valid steps only). `teacher` is any contract model with a continuous action output (`predict`);
+    callers check both first (check_final_action)."""
     device = out["action"].device  # the training loop puts the batch and the student on it; the teacher follows
     if next(teacher.parameters()).device != device:
         teacher.to(device)
@@ -107,10 +111,10 @@ def final_action_loss(model: RoutedStudent, teacher, batch: dict, cfg: DistillCo
     """Task loss + distillation from the teacher's final action only (+ the same gate terms as ActDistill): the
     router-KD baseline's objective, and settling's with `export.settle_loss="final"`."""
     student = unwrap(model)
-    check_regression_head(student)  # before the forward: another head has no continuous action to compare
+    check_final_action(student, teacher)  # before the forward: another head has no continuous action to compare
     out = model(batch)
     l_task = action_loss(out["action"], batch[ACTION], batch.get(ACTION_PAD))
-    l_kd = final_action_term(out, teacher, batch, student)
+    l_kd = final_action_term(out, teacher, batch)
     loss = with_gate_terms(l_task + cfg.beta * l_kd, student, out, cfg)[0]
     return loss, {"loss": loss.item(), "task": l_task.item(), "kd": l_kd.item(),
                   "keep": (out["masks"].detach() >= 0.5).float().mean().item()}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from actdistill.constants import OBS_LANG, TASK_ID
+
 LANG_DIM = 384
 
 
@@ -75,6 +77,4 @@ def reword(emb: torch.Tensor, task_id: torch.Tensor, table: torch.Tensor, p: flo
 
 def reword_batch(batch: dict, table: torch.Tensor, p: float, generator: torch.Generator) -> dict:
     """`batch` with its instruction embeddings reworded (`reword`, by the rows' task ids); the rest as it is."""
-    from actdistill.constants import OBS_LANG, TASK_ID
-
     return {**batch, OBS_LANG: reword(batch[OBS_LANG], batch[TASK_ID], table, p, generator)}
